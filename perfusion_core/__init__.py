@@ -1,0 +1,39 @@
+"""Perfusion: key-locked, gated rank-1 editing of cross-attention for text-to-image personalisation.
+
+Standalone: imports only torch, safetensors, einops and numpy. Hosts (ComfyUI, A1111, diffusers)
+drive it through the public API below.
+"""
+
+from .concept import Concept
+from .errors import ConceptFileError, IncompatibleConceptError, PerfusionError, TrainingError
+from .files import load_concept, save_concept
+from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
+from .patch import ConceptUse, LayerPatch, PatchHandle, build_patch, patch_unet
+from .rank1 import GatedProjection, GateSettings, JointProjector, gate
+from .second_moment import SecondMoment, second_moment
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Concept",
+    "ConceptFileError",
+    "ConceptUse",
+    "CrossAttentionLayer",
+    "GateSettings",
+    "GatedProjection",
+    "IncompatibleConceptError",
+    "JointProjector",
+    "LayerPatch",
+    "PatchHandle",
+    "PerfusionError",
+    "SecondMoment",
+    "TrainingError",
+    "build_patch",
+    "check_concept",
+    "cross_attention_layers",
+    "gate",
+    "load_concept",
+    "patch_unet",
+    "save_concept",
+    "second_moment",
+]

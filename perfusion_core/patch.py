@@ -1,0 +1,244 @@
+"""Build the joint gated rank-1 patch of a UNet's cross-attention, and install it in place.
+
+Building (`build_patch`) is separate from installing: hosts with patch machinery (ComfyUI, Forge)
+install the same `LayerPatch` objects through their own per-clone mechanisms; `patch_unet` installs
+them in place with forward hooks for hosts that have none (diffusers, A1111). Hooks leave every module
+and parameter where it was, so the host's own projection (LoRA, casting, offloading) still runs, and
+removing them restores the model exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .concept import Concept
+from .errors import IncompatibleConceptError, PerfusionError
+from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
+from .rank1 import GatedProjection, GateSettings, JointProjector
+
+LOCKS = ("local", "global")
+
+
+@dataclass(frozen=True)
+class ConceptUse:
+    """A concept as applied: its gate (β, τ), strength, and key locking (`local` or `global`)."""
+
+    concept: Concept
+    beta: float = 0.7
+    tau: float = 0.15
+    strength: float = 1.0
+    lock: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.lock not in LOCKS:
+            raise PerfusionError(f"lock must be one of {LOCKS}, got {self.lock!r}")
+
+    @property
+    def settings(self) -> GateSettings:
+        return GateSettings(self.beta, self.tau, self.strength)
+
+
+UseLike = ConceptUse | Concept | tuple
+
+
+def as_uses(items: Iterable[UseLike]) -> list[ConceptUse]:
+    """Normalise `ConceptUse`, `Concept` or `(concept, beta, tau[, strength[, lock]])` items.
+
+    A concept word given twice keeps only its last setting (applying a concept again replaces it).
+    """
+    by_word: dict[str, ConceptUse] = {}
+    for item in items:
+        use = item if isinstance(item, ConceptUse) else ConceptUse(item) if isinstance(item, Concept) else ConceptUse(*item)
+        by_word.pop(use.concept.word, None)
+        by_word[use.concept.word] = use
+    if not by_word:
+        raise PerfusionError("no concept to apply: give at least one (concept, beta, tau)")
+    return list(by_word.values())
+
+
+@dataclass
+class LayerPatch:
+    """The edit of one cross-attention layer: K and V projections, and whether K reads the superclass prompt."""
+
+    key: GatedProjection | None
+    value: GatedProjection
+    key_reads_superclass: bool = False
+
+
+def _joint_projector(uses: Sequence[ConceptUse], i_star: Sequence[Tensor] | None = None) -> JointProjector:
+    concepts = [u.concept for u in uses]
+    return JointProjector(
+        torch.stack(list(i_star) if i_star is not None else [c.i_star for c in concepts]),
+        torch.stack([c.v for c in concepts]),
+        [u.settings for u in uses],
+        names=[c.name for c in concepts],
+    )
+
+
+def check_combinable(uses: Sequence[ConceptUse]) -> list[str]:
+    """Refuse concepts that cannot share a projector; return notes on what is allowed but unusual."""
+    first = uses[0].concept
+    for use in uses[1:]:
+        c = use.concept
+        if (c.family, c.context_dim, c.text_encoder_layer) != (first.family, first.context_dim, first.text_encoder_layer):
+            raise IncompatibleConceptError(
+                f"concepts '{first.name}' ({first.family}, width {first.context_dim}, layer "
+                f"{first.text_encoder_layer}) and '{c.name}' ({c.family}, width {c.context_dim}, layer "
+                f"{c.text_encoder_layer}) were trained for different text encoders and cannot be combined"
+            )
+    fingerprints = {u.concept.c_fingerprint for u in uses}
+    if len(fingerprints) > 1:
+        return ["concepts were trained against different caption statistics C; their joint projector is oblique"]
+    return []
+
+
+def build_patch(
+    layers: Sequence[CrossAttentionLayer],
+    uses: Iterable[UseLike],
+    *,
+    i_star: Sequence[Tensor] | None = None,
+    o_v: Sequence[dict[str, Tensor]] | None = None,
+) -> dict[str, LayerPatch]:
+    """The joint patch of every layer for `uses`, keyed by canonical layer name.
+
+    `i_star` and `o_v` override the concepts' own tensors (the trainer passes its live EMA and
+    trainable targets, so gradients reach them).
+    """
+    uses = as_uses(uses)
+    for use in uses:
+        check_concept(use.concept, list(layers))
+    check_combinable(uses)
+    value_projector = _joint_projector(uses, i_star)
+    local = [j for j, u in enumerate(uses) if u.lock == "local"]
+    if len(local) == len(uses):
+        key_projector = value_projector
+    elif local:
+        key_projector = _joint_projector([uses[j] for j in local], [i_star[j] for j in local] if i_star else None)
+    else:
+        key_projector = None  # every concept is globally locked: K reads the superclass prompt unedited
+    key_inputs = torch.stack([uses[j].concept.i_super for j in local]) if local else None
+    targets = o_v if o_v is not None else [u.concept.o_v for u in uses]
+    return {
+        layer.name: LayerPatch(
+            key=GatedProjection(key_projector, added_inputs=key_inputs) if key_projector else None,
+            value=GatedProjection(value_projector, added_outputs=torch.stack([t[layer.name] for t in targets])),
+            key_reads_superclass=len(local) < len(uses),
+        )
+        for layer in layers
+    }
+
+
+def _input_of(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["input"]
+
+
+def _with_input(args: tuple, kwargs: dict, x: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, "input": x}
+
+
+@dataclass
+class PatchHandle:
+    """Hooks of one installed patch. `remove()` (or leaving a `with` block) restores the model exactly."""
+
+    unet: nn.Module
+    layers: list[CrossAttentionLayer]
+    patches: dict[str, LayerPatch]
+    notes: list[str] = field(default_factory=list)
+    superclass_context: Tensor | None = None
+    _hooks: list = field(default_factory=list)
+    _pending: dict[int, list[tuple[GatedProjection, Tensor]]] = field(default_factory=dict)
+
+    def set_superclass_context(self, context: Tensor | None) -> None:
+        """The prompt encoded with each globally locked concept's superclass word (K reads it)."""
+        self.superclass_context = context
+
+    def _install(self) -> None:
+        for layer in self.layers:
+            self._hooks += [
+                layer.to_k.register_forward_pre_hook(self._key_hook(layer.name), with_kwargs=True),
+                layer.to_v.register_forward_pre_hook(self._value_pre_hook(layer.name), with_kwargs=True),
+                layer.to_v.register_forward_hook(self._value_post_hook()),
+            ]
+
+    def _key_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            patch = self.patches[name]
+            e = _input_of(args, kwargs)
+            if patch.key_reads_superclass:
+                if self.superclass_context is None or self.superclass_context.shape != e.shape:
+                    raise PerfusionError(
+                        "global locking needs the prompt encoded with the superclass word, of the same shape "
+                        "as the context: call handle.set_superclass_context(...) before sampling"
+                    )
+                e = self.superclass_context.to(e.device, e.dtype)
+            if patch.key is not None:
+                e, _ = patch.key.rewrite_input(e)
+            return _with_input(args, kwargs, e)
+
+        return hook
+
+    def _value_pre_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            value = self.patches[name].value
+            rewritten, weighted_gates = value.rewrite_input(_input_of(args, kwargs))
+            # The output hook of the same call adds the gated targets.
+            self._pending.setdefault(id(module), []).append((value, weighted_gates))
+            return _with_input(args, kwargs, rewritten)
+
+        return hook
+
+    def _value_post_hook(self):
+        def hook(module: nn.Module, _args: tuple, out: Tensor) -> Tensor:
+            value, weighted_gates = self._pending[id(module)].pop()
+            return value.finish_output(out, weighted_gates)
+
+        return hook
+
+    def remove(self) -> None:
+        """Remove every hook; calling it again does nothing."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._pending.clear()
+        if getattr(self.unet, "_perfusion_handle", None) is self:
+            del self.unet._perfusion_handle
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooks)
+
+    def __enter__(self) -> PatchHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def install_patch(unet: nn.Module, layers: list[CrossAttentionLayer], patches: dict[str, LayerPatch]) -> PatchHandle:
+    """Install `patches` into `unet` in place (replacing a perfusion patch already there)."""
+    previous = getattr(unet, "_perfusion_handle", None)
+    if previous is not None:
+        previous.remove()
+    handle = PatchHandle(unet, layers, patches)
+    handle._install()
+    unet._perfusion_handle = handle
+    return handle
+
+
+def patch_unet(unet: nn.Module, concepts: Iterable[UseLike]) -> PatchHandle:
+    """Patch every cross-attention `to_k`/`to_v` of `unet` with the joint edit of `concepts`.
+
+    `concepts` holds `ConceptUse`s or `(concept, beta, tau[, strength[, lock]])` tuples. Patching an
+    already patched UNet replaces the earlier patch. Returns a handle; `handle.remove()` restores it.
+    """
+    layers = cross_attention_layers(unet)
+    uses = as_uses(concepts)
+    handle = install_patch(unet, layers, build_patch(layers, uses))
+    handle.notes = check_combinable(uses)
+    return handle

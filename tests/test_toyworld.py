@@ -1,0 +1,139 @@
+"""Toy world: generator, tokenizer, model folder, sampling, exact resume, probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from transformers import AutoTokenizer, CLIPTextModel
+
+from toyworld import model as toymodel
+from toyworld import pretrain, probe, world
+from toyworld.sample import generate
+
+TINY = toymodel.ModelConfig(channels=(8, 16, 16), head_dim=8, text_width=32, text_layers=1, text_heads=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def parse(caption: str) -> dict[str, str]:
+    """Read attributes back from a caption (inverse of world.caption)."""
+    body, background = caption.split(" on a ")[:-1], caption.rsplit(" on a ", 1)[1]
+    out = {"background": background.removesuffix(" background")}
+    phrases = " on a ".join(body).split(" and ")
+    places = {v: k for k, v in world.PLACES.items()}
+    for i, phrase in enumerate(phrases):
+        words = phrase.split()
+        suffix = "" if i == 0 else str(i + 1)
+        out["colour" + suffix], out["shape" + suffix] = words[1], words[2]
+        out["position" + suffix] = places[" ".join(words[3:])]
+    return out
+
+
+def test_generator_is_deterministic_and_random_access():
+    a, ca, _ = world.batch(7, 3, 16, stage=2)
+    b, cb, _ = world.batch(7, 3, 16, stage=2)
+    c, _, _ = world.batch(7, 4, 16, stage=2)
+    assert np.array_equal(a, b) and ca == cb
+    assert not np.array_equal(a, c)
+    assert a.shape == (16, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+
+
+def test_caption_says_every_attribute():
+    _, captions, scenes = world.batch(0, 0, 200, stage=2)
+    assert any(len(s.objects) == 2 for s in scenes) and any(len(s.objects) == 1 for s in scenes)
+    for c, s in zip(captions, scenes, strict=True):
+        assert parse(c) == s.attributes()
+        assert all(o.pattern == "plain" and o.inner_ring is None for o in s.objects)
+
+
+def test_objects_are_drawn_where_the_caption_says():
+    for pos, (px, py) in world.POSITIONS.items():
+        img = world.render(world.Scene((world.Obj("square", "red", pos),), "black"), 16)
+        ys, xs = np.nonzero(img[..., 0] > 0.5)
+        assert abs(xs.mean() / 16 - px) < 0.1 and abs(ys.mean() / 16 - py) < 0.1
+
+
+def test_concepts_differ_from_their_superclass():
+    for name, concept in world.CONCEPTS.items():
+        assert concept.superclass in world.SHAPES
+        look = world.render_concept(name, "left", "gray")
+        plain = world.render(world.Scene((world.Obj(concept.superclass, concept.colour, "left"),), "gray"))
+        assert np.abs(look - plain).max() > 0.3
+        pair = world.render_concept(name, "left", "gray", second=world.Obj("circle", "green", "right"))
+        assert np.abs(pair - look).max() > 0.3
+
+
+def test_tokenizer_covers_captions_and_adds_tokens(tmp_path):
+    tok = toymodel.build_tokenizer()
+    _, captions, _ = world.batch(1, 0, 300, stage=2)
+    longest = max(captions, key=len)
+    for c in [*captions, longest]:
+        ids = tok(c, padding="max_length").input_ids
+        assert tok.unk_token_id not in ids and len(ids) == toymodel.MAX_LENGTH
+        assert ids[0] == tok.bos_token_id and tok.eos_token_id in ids
+    assert set(world.vocabulary()) <= set(tok.get_vocab())
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded(longest).input_ids == tok(longest).input_ids
+    loaded.add_tokens(["hugsy"])
+    ids = loaded("a Hugsy on the left").input_ids
+    assert loaded.unk_token_id not in ids and len(ids) == 7
+
+
+def test_model_folder_loads_with_diffusers_and_transformers(tmp_path):
+    m = toymodel.build(TINY)
+    toymodel.save(m, tmp_path)
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    te = CLIPTextModel.from_pretrained(tmp_path / "text_encoder")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    sched = DDPMScheduler.from_pretrained(tmp_path / "scheduler")
+    assert unet.dtype == torch.float16 and unet.config.in_channels == unet.config.out_channels == 3
+    assert sched.config.prediction_type == "v_prediction"
+    assert te.config.max_position_embeddings == tok.model_max_length
+    assert (te.config.bos_token_id, te.config.eos_token_id, te.config.pad_token_id) == (
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    tok.add_tokens(["hugsy"])
+    te.resize_token_embeddings(len(tok))
+    ctx = te(tok(["a hugsy at the top on a gray background"], padding="max_length", return_tensors="pt")
+             .input_ids).last_hidden_state
+    out = unet.float()(torch.randn(1, 3, 16, 16), 500, encoder_hidden_states=ctx.float()).sample
+    assert out.shape == (1, 3, 16, 16)
+    assert toymodel.load(tmp_path).res == 16
+
+
+def test_sampling_is_seeded():
+    m = toymodel.build(TINY)
+    prompts = ["a red star on the left on a white background"] * 2
+    a = generate(m, prompts, [0, 1], steps=3)
+    b = generate(m, prompts, [0, 1], steps=3)
+    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a[0], a[1])
+
+
+def test_resume_is_exact(tmp_path):
+    common = ["--channels", "8,16", "--batch", "4", "--eval-every", "0", "--warmup", "2", "--log-every", "1"]
+    pretrain.main(["--out", str(tmp_path / "split"), "--max-steps", "3", *common])
+    pretrain.main(["--out", str(tmp_path / "split"), "--max-steps", "6", "--resume", *common])
+    pretrain.main(["--out", str(tmp_path / "whole"), "--max-steps", "6", *common])
+    split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    assert split["step"] == whole["step"] == 6
+    for key in ("unet", "text_encoder"):
+        for name, value in whole[key].items():
+            assert torch.equal(split[key][name], value), name
+    assert all(torch.equal(a, b) for a, b in zip(split["ema"], whole["ema"], strict=True))
+    assert (tmp_path / "split" / "train_log.jsonl").read_text().count("\n") == 6
+
+
+def test_probe_reads_generator_images():
+    p = probe.load()
+    images, _, scenes = world.batch(99, 0, 600, stage=2)
+    acc = probe.score(p, torch.from_numpy(images), scenes)
+    for key in ("shape", "colour", "position", "background"):
+        assert acc[key] >= 0.98, acc
+    assert acc["pair"] >= 0.95, acc
+    assert p.features(torch.from_numpy(images[:2])).shape == (2, 128)

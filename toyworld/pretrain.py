@@ -1,0 +1,285 @@
+"""Pretrain the toy-world model from scratch, with checkpoints that resume exactly.
+
+    python -m toyworld.pretrain --out toyworld/runs/NAME --minutes 60 [--resume] [--threads 1]
+    python -m toyworld.pretrain --out toyworld/runs/NAME --export toyworld/model
+
+v-prediction, AdamW with warm-up, gradient clip 1, caption dropout (empty prompt, for guidance),
+EMA of the weights, timesteps biased to high noise. Every batch is a pure function of (seed, step),
+so the data stream position is the step. The run directory holds checkpoint.pt (full state, written
+atomically), config.json, train_log.jsonl (loss; probe accuracy of EMA samples at intervals) and
+best/ (the EMA weights with the best probe score so far, as a model folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toyworld import model as toymodel
+from toyworld import probe as toyprobe
+from toyworld import world
+from toyworld.sample import generate
+
+# Settings that define the run; fixed at its start (a resume keeps them).
+RUN_KEYS = (
+    "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power",
+    "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
+)
+FEW_POSITIONS = ("left", "right")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="run directory")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training wall time for this invocation")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop at this total step count")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--export", type=Path, default=None, help="write EMA weights to this model folder and exit")
+    ap.add_argument("--which", choices=("best", "last"), default="best", help="what --export writes")
+    ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    ap.add_argument("--eval-every", type=int, default=500, help="probe evaluation interval in steps (0: off)")
+    ap.add_argument("--eval-prompts", type=int, default=100)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--res", type=int, default=16)
+    ap.add_argument("--stage", type=int, default=1)
+    ap.add_argument("--channels", default="32,64,64", help="UNet block widths")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--t-power", type=float, default=0.5, help="t = 999 u^p; p < 1 favours high noise")
+    ap.add_argument("--snr-weight", choices=("minsnr", "minsnr1", "none"), default="minsnr1",
+                    help="minsnr: min(SNR,g)/(SNR+1), vanishes at high noise; minsnr1: min(1, g/(SNR+1))")
+    ap.add_argument("--gamma", type=float, default=5.0)
+    ap.add_argument("--zero-snr", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--freeze-text", action="store_true", help="keep the random text encoder fixed")
+    ap.add_argument("--few-positions-until", type=int, default=0,
+                    help="before this step, single objects only on the left or right")
+    return ap.parse_args(argv)
+
+
+def model_config(cfg: dict) -> toymodel.ModelConfig:
+    """Model sizes for a run configuration."""
+    channels = tuple(int(c) for c in str(cfg["channels"]).split(","))
+    cross_attn = (False,) + (True,) * (len(channels) - 1)  # no attention at full resolution
+    return toymodel.ModelConfig(res=cfg["res"], channels=channels, cross_attn=cross_attn, zero_snr=cfg["zero_snr"])
+
+
+def snr_weight(snr: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:
+    """Per-sample weight of the v-prediction MSE."""
+    if kind == "minsnr":
+        return snr.clamp(max=gamma) / (snr + 1)
+    if kind == "minsnr1":
+        return (gamma / (snr + 1)).clamp(max=1.0)
+    return torch.ones_like(snr)
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Run:
+    """State of one pretraining run: model, EMA, optimiser, step and random streams."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.model = toymodel.build(model_config(cfg), seed=cfg["seed"])
+        self.model.text_encoder.requires_grad_(not cfg["freeze_text"])
+        self.params = [p for m in (self.model.unet, self.model.text_encoder) for p in m.parameters()
+                       if p.requires_grad]
+        self.ema = [p.detach().clone() for p in self.params]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg["lr"], betas=(0.9, 0.99),
+                                     weight_decay=cfg["weight_decay"])
+        self.gen = torch.Generator().manual_seed(cfg["seed"])
+        self.step = 0
+        self.train_seconds = 0.0
+        self.best = -1.0
+        ac = self.model.scheduler.alphas_cumprod
+        self.snr = ac / (1 - ac)
+
+    def state(self) -> dict:
+        return {
+            "cfg": self.cfg, "step": self.step, "train_seconds": self.train_seconds, "best": self.best,
+            "unet": self.model.unet.state_dict(), "text_encoder": self.model.text_encoder.state_dict(),
+            "ema": self.ema, "opt": self.opt.state_dict(), "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+        }
+
+    def load_state(self, st: dict) -> None:
+        self.step, self.train_seconds, self.best = st["step"], st["train_seconds"], st["best"]
+        self.model.unet.load_state_dict(st["unet"])
+        self.model.text_encoder.load_state_dict(st["text_encoder"])
+        for e, s in zip(self.ema, st["ema"], strict=True):
+            e.copy_(s)
+        self.opt.load_state_dict(st["opt"])
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["numpy_rng"])
+        random.setstate(st["python_rng"])
+
+    def train_step(self) -> float:
+        cfg, m = self.cfg, self.model
+        positions = FEW_POSITIONS if self.step < cfg["few_positions_until"] else None
+        images, captions, _ = world.batch(cfg["seed"], self.step, cfg["batch"], cfg["stage"], cfg["res"], positions)
+        x0 = torch.from_numpy(images)
+        drop = torch.rand(len(captions), generator=self.gen) < cfg["caption_dropout"]
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        noise = torch.randn(x0.shape, generator=self.gen)
+        u = torch.rand(len(captions), generator=self.gen)
+        t = (999 * u ** cfg["t_power"]).round().long()
+        xt = m.scheduler.add_noise(x0, noise, t)
+        target = m.scheduler.get_velocity(x0, noise, t)
+        pred = m.unet(xt, t, encoder_hidden_states=m.encode(captions)).sample
+        mse = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        loss = (mse * snr_weight(self.snr[t], cfg["snr_weight"], cfg["gamma"])).mean()
+        for g in self.opt.param_groups:
+            g["lr"] = cfg["lr"] * min(1.0, (self.step + 1) / cfg["warmup"])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        decay = min(cfg["ema"], (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+        self.step += 1
+        return float(mse.mean())
+
+    def ema_model(self) -> toymodel.ToyModel:
+        """A copy of the model carrying the EMA weights."""
+        m = deepcopy(self.model)
+        ema = iter(self.ema)
+        with torch.no_grad():
+            for p in (p for mod in (m.unet, m.text_encoder) for p in mod.parameters()):
+                if p.requires_grad:
+                    p.copy_(next(ema))
+        return m
+
+
+def eval_scenes(n: int, stage: int) -> list[world.Scene]:
+    """The fixed evaluation prompts: n one-object scenes (plus n/2 two-object scenes from stage 2)."""
+    rng = world.scene_rng(12345, 0)
+    scenes = [world.random_scene(rng, 1) for _ in range(n)]
+    if stage >= 2:
+        rng = world.scene_rng(12345, 1)
+        while len(scenes) < n + n // 2:
+            s = world.random_scene(rng, 2)
+            if len(s.objects) == 2:
+                scenes.append(s)
+    return scenes
+
+
+def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int) -> dict[str, float]:
+    """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts."""
+    scenes = eval_scenes(n, stage)
+    images = generate(m, [world.caption(s) for s in scenes], list(range(len(scenes))), steps=20, guidance=4.0)
+    return toyprobe.score(probe, images, scenes)
+
+
+def export(run_dir: Path, dest: Path, which: str) -> None:
+    """Write the run's best (or last-checkpoint) EMA weights as an fp16 model folder at `dest`."""
+    best = run_dir / "best"
+    if which == "best" and best.exists():
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(best, dest)
+        return
+    st = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    run = Run(st["cfg"])
+    run.load_state(st)
+    toymodel.save(run.ema_model(), dest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out: Path = args.out
+    if args.export is not None:
+        export(out, args.export, args.which)
+        return
+    ckpt = out / "checkpoint.pt"
+    log_path = out / "train_log.jsonl"
+    if args.resume:
+        st = torch.load(ckpt, weights_only=False)
+        run = Run(st["cfg"])
+        run.load_state(st)
+        # Drop log lines written after the checkpoint (a run that stopped between saves).
+        lines = log_path.read_text().splitlines() if log_path.exists() else []
+        log_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= run.step))
+    else:
+        if ckpt.exists():
+            raise SystemExit(f"{ckpt} exists: pass --resume or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = {k: getattr(args, k) for k in RUN_KEYS}
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        run = Run(cfg)
+        log_path.write_text("")
+    probe = toyprobe.load(res=run.cfg["res"]) if args.eval_every else None
+
+    def log(entry: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def checkpoint() -> None:
+        atomic_save(run.state(), ckpt)
+
+    start = time.time()
+    last_ckpt = start
+    losses: list[float] = []
+    while time.time() - start < args.minutes * 60 and (args.max_steps is None or run.step < args.max_steps):
+        t0 = time.time()
+        losses.append(run.train_step())
+        run.train_seconds += time.time() - t0
+        if run.step % args.log_every == 0:
+            log({"step": run.step, "loss": float(np.mean(losses)), "train_seconds": round(run.train_seconds, 1),
+                 "wall": round(time.time(), 1)})
+            losses = []
+        if probe is not None and run.step % args.eval_every == 0:
+            ema = run.ema_model()
+            acc = evaluate(ema, probe, args.eval_prompts, run.cfg["stage"])
+            log({"step": run.step, "eval": acc, "train_seconds": round(run.train_seconds, 1)})
+            print(f"step {run.step}: {acc}", flush=True)
+            score = acc["all"] + acc.get("pair", 0.0)
+            if score > run.best:
+                run.best = score
+                tmp = out / "best.tmp"
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                toymodel.save(ema, tmp)
+                (tmp / "eval.json").write_text(json.dumps({"step": run.step, **acc}) + "\n")
+                if (out / "best").exists():
+                    shutil.rmtree(out / "best")
+                os.replace(tmp, out / "best")
+        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    checkpoint()
+    print(f"stopped at step {run.step} ({run.train_seconds / 60:.1f} min of training)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""A procedural text-to-image world where every image is fully described by its caption.
+
+Stage 1: one plain-coloured object ("a red star on the left on a white background").
+Stage 2: stage 1 mixed with two-object scenes
+("a red star on the left and a green circle on the right on a black background").
+
+Reserved for held-out concepts (never drawn by `random_scene`, at any stage): every object whose fill
+is a pattern (two-colour checks or stripes) or that carries an inner ring. `CONCEPTS` lists the ready
+ones; each has a superclass from `SHAPES`, and `render_concept` draws one at a chosen place and
+background, alone or next to an ordinary object.
+
+Images are rendered 4x supersampled and box-filtered down, float32 HxWx3 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "star", "heart")
+COLOURS = {
+    "red": (0.90, 0.10, 0.10),
+    "green": (0.10, 0.75, 0.15),
+    "blue": (0.15, 0.30, 0.95),
+    "yellow": (0.95, 0.85, 0.10),
+    "purple": (0.60, 0.15, 0.80),
+}
+BACKGROUNDS = {
+    "black": (0.05, 0.05, 0.05),
+    "white": (0.95, 0.95, 0.95),
+    "gray": (0.50, 0.50, 0.50),
+}
+# Object centres as fractions of the image (x to the right, y downwards).
+POSITIONS = {
+    "left": (0.27, 0.5),
+    "right": (0.73, 0.5),
+    "top": (0.5, 0.27),
+    "bottom": (0.5, 0.73),
+    "centre": (0.5, 0.5),
+}
+PLACES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+          "centre": "in the centre"}
+PAIRS = (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))
+PATTERNS = ("plain", "checks", "stripes")
+JITTER = 0.04
+SIZE = 0.50  # object extent as a fraction of the image side
+SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class Obj:
+    """One object. `pattern` other than "plain" and `inner_ring` are reserved for concepts."""
+
+    shape: str
+    colour: str
+    position: str
+    dx: float = 0.0
+    dy: float = 0.0
+    pattern: str = "plain"
+    colour2: str | None = None
+    inner_ring: str | None = None  # colour of a ring drawn inside the object
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A full scene: one or two objects on a plain background."""
+
+    objects: tuple[Obj, ...]
+    background: str
+
+    def attributes(self) -> dict[str, str]:
+        """Ground truth for the probe: shape/colour/position(/shape2/colour2/position2), background."""
+        out = {"background": self.background}
+        for i, o in enumerate(self.objects):
+            suffix = "" if i == 0 else str(i + 1)
+            out["shape" + suffix] = o.shape
+            out["colour" + suffix] = o.colour
+            out["position" + suffix] = o.position
+        return out
+
+
+def describe(obj: Obj, word: str | None = None) -> str:
+    """Noun phrase for one object; `word` replaces colour and shape (a concept word)."""
+    place = PLACES[obj.position]
+    thing = word if word is not None else f"{obj.colour} {obj.shape}"
+    return f"a {thing} {place}"
+
+
+def caption(scene: Scene, words: tuple[str | None, ...] | None = None) -> str:
+    """The caption that says all of the scene; `words[i]` optionally names object i by a concept word."""
+    words = words or (None,) * len(scene.objects)
+    parts = [describe(o, w) for o, w in zip(scene.objects, words, strict=True)]
+    return " and ".join(parts) + f" on a {scene.background} background"
+
+
+def vocabulary() -> list[str]:
+    """Every word any caption can contain, sorted."""
+    words = {"a", "and", "background"} | {w for p in PLACES.values() for w in p.split()}
+    words |= set(SHAPES) | set(COLOURS) | set(BACKGROUNDS) | set(POSITIONS)
+    return sorted(words)
+
+
+def _jitter(rng: np.random.Generator) -> tuple[float, float]:
+    dx, dy = rng.uniform(-JITTER, JITTER, size=2)
+    return float(dx), float(dy)
+
+
+def random_object(rng: np.random.Generator, position: str) -> Obj:
+    """A plain object of random shape and colour at `position` (with jitter)."""
+    dx, dy = _jitter(rng)
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = list(COLOURS)[rng.integers(len(COLOURS))]
+    return Obj(shape, colour, position, dx, dy)
+
+
+def random_scene(
+    rng: np.random.Generator, stage: int = 1, positions: tuple[str, ...] = tuple(POSITIONS)
+) -> Scene:
+    """A random pretraining scene. Stage 2 gives two objects in half of the scenes.
+
+    `positions` restricts single-object placements (a curriculum can start with fewer positions).
+    """
+    background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    if stage >= 2 and rng.random() < 0.5:
+        first, second = PAIRS[rng.integers(len(PAIRS))]
+        return Scene((random_object(rng, first), random_object(rng, second)), background)
+    position = positions[rng.integers(len(positions))]
+    return Scene((random_object(rng, position),), background)
+
+
+def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
+    """Polygon for polygonal shapes (None for circle), in supersampled pixel units."""
+    if shape == "square":
+        s = 0.86 * r
+        return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            a = -math.pi / 2 + k * math.pi / 5
+            rad = r if k % 2 == 0 else 0.45 * r
+            pts.append((cx + rad * math.cos(a), cy + 0.05 * r + rad * math.sin(a)))
+        return pts
+    if shape == "heart":
+        pts = []
+        for k in range(48):
+            t = 2 * math.pi * k / 48
+            x = 16 * math.sin(t) ** 3
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+            pts.append((cx + r * x / 16.5, cy - r * (y + 2.5) / 15.0))
+        return pts
+    return None
+
+
+def _mask(shape: str, cx: float, cy: float, r: float, side: int) -> np.ndarray:
+    """Binary mask (float32, side x side) of one shape at supersampled resolution."""
+    img = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(img)
+    poly = _outline(shape, cx, cy, r)
+    if poly is None:
+        draw.ellipse([cx - 0.92 * r, cy - 0.92 * r, cx + 0.92 * r, cy + 0.92 * r], fill=255)
+    else:
+        draw.polygon(poly, fill=255)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _fill(obj: Obj, cx: float, cy: float, r: float, side: int) -> np.ndarray:
+    """Object colour per supersampled pixel (side x side x 3): plain or a two-colour pattern."""
+    c1 = np.array(COLOURS[obj.colour], dtype=np.float32)
+    if obj.pattern == "plain":
+        return np.broadcast_to(c1, (side, side, 3))
+    c2 = np.array(COLOURS[obj.colour2 or "yellow"], dtype=np.float32)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    cell = r / 2  # about two cells per object radius
+    if obj.pattern == "checks":
+        sel = (np.floor((xx - cx) / cell) + np.floor((yy - cy) / cell)) % 2 == 0
+    elif obj.pattern == "stripes":
+        sel = np.floor((xx - cx + yy - cy) / cell) % 2 == 0
+    else:
+        raise ValueError(f"unknown pattern {obj.pattern!r}")
+    return np.where(sel[..., None], c1, c2)
+
+
+def render(scene: Scene, res: int = 16) -> np.ndarray:
+    """Render `scene` to a float32 res x res x 3 array in [0, 1]."""
+    side = res * SUPERSAMPLE
+    img = np.empty((side, side, 3), dtype=np.float32)
+    img[:] = BACKGROUNDS[scene.background]
+    for obj in scene.objects:
+        px, py = POSITIONS[obj.position]
+        cx, cy, r = (px + obj.dx) * side, (py + obj.dy) * side, SIZE / 2 * side
+        m = _mask(obj.shape, cx, cy, r, side)[..., None]
+        img = img * (1 - m) + _fill(obj, cx, cy, r, side) * m
+        if obj.inner_ring is not None:
+            ring = _mask("circle", cx, cy, 0.55 * r, side) - _mask("circle", cx, cy, 0.3 * r, side)
+            ring = np.clip(ring, 0, 1)[..., None] * m
+            img = img * (1 - ring) + np.array(COLOURS[obj.inner_ring], dtype=np.float32) * ring
+    return img.reshape(res, SUPERSAMPLE, res, SUPERSAMPLE, 3).mean(axis=(1, 3))
+
+
+def scene_rng(seed: int, index: int) -> np.random.Generator:
+    """Independent generator for item `index` of the stream `seed` (streams are random-access)."""
+    return np.random.default_rng([seed, index])
+
+
+def batch(
+    seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes."""
+    rng = scene_rng(seed, index)
+    scenes = [random_scene(rng, stage, positions or tuple(POSITIONS)) for _ in range(size)]
+    images = np.stack([render(s, res) for s in scenes]).transpose(0, 3, 1, 2) * 2 - 1
+    return images.astype(np.float32), [caption(s) for s in scenes], scenes
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A held-out object look, never seen in pretraining, with a superclass shape the world knows."""
+
+    superclass: str
+    colour: str
+    pattern: str = "plain"
+    colour2: str | None = None
+    inner_ring: str | None = None
+
+
+CONCEPTS = {
+    "checker_heart": Concept("heart", "red", "checks", "yellow"),
+    "striped_star": Concept("star", "blue", "stripes", "yellow"),
+    "ringed_circle": Concept("circle", "purple", inner_ring="yellow"),
+}
+
+
+def concept_scene(
+    concept: Concept, position: str, background: str, seed: int = 0, second: Obj | None = None
+) -> Scene:
+    """Scene with `concept` at `position` (seeded jitter), optionally beside an ordinary `second` object."""
+    dx, dy = _jitter(np.random.default_rng(seed))
+    obj = Obj(concept.superclass, concept.colour, position, dx, dy, concept.pattern, concept.colour2,
+              concept.inner_ring)
+    return Scene((obj,) if second is None else (obj, second), background)
+
+
+def render_concept(
+    concept: Concept | str, position: str = "centre", background: str = "white", seed: int = 0,
+    res: int = 16, second: Obj | None = None,
+) -> np.ndarray:
+    """Render a held-out concept object (float32 res x res x 3 in [0, 1])."""
+    if isinstance(concept, str):
+        concept = CONCEPTS[concept]
+    return render(concept_scene(concept, position, background, seed, second), res)
