@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import PerfusionError
 from .files import convert_pickled, load_concept, read_safetensors
+from .train_cli import add_arguments, run
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -34,12 +35,6 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.target} ({concept.word}, {concept.family})")
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .train_cli import run  # needs diffusers and transformers
-
-    run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m perfusion_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -52,12 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source")
     convert.add_argument("target")
     convert.set_defaults(func=_convert)
-    try:
-        from .train_cli import add_arguments
-    except ImportError:  # training arrives with the trainer module
-        pass
-    else:
-        add_arguments(commands.add_parser("train", help="train a concept on a diffusers-format model folder"))
+    train = commands.add_parser("train", help="train a concept on a diffusers-format model folder")
+    add_arguments(train)
+    train.set_defaults(func=run)
     return parser
 
 

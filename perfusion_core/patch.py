@@ -69,10 +69,10 @@ class LayerPatch:
     key_reads_superclass: bool = False
 
 
-def _joint_projector(uses: Sequence[ConceptUse], i_star: Sequence[Tensor] | None = None) -> JointProjector:
+def _joint_projector(uses: Sequence[ConceptUse]) -> JointProjector:
     concepts = [u.concept for u in uses]
     return JointProjector(
-        torch.stack(list(i_star) if i_star is not None else [c.i_star for c in concepts]),
+        torch.stack([c.i_star for c in concepts]),
         torch.stack([c.v for c in concepts]),
         [u.settings for u in uses],
         names=[c.name for c in concepts],
@@ -96,36 +96,28 @@ def check_combinable(uses: Sequence[ConceptUse]) -> list[str]:
     return []
 
 
-def build_patch(
-    layers: Sequence[CrossAttentionLayer],
-    uses: Iterable[UseLike],
-    *,
-    i_star: Sequence[Tensor] | None = None,
-    o_v: Sequence[dict[str, Tensor]] | None = None,
-) -> dict[str, LayerPatch]:
+def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) -> dict[str, LayerPatch]:
     """The joint patch of every layer for `uses`, keyed by canonical layer name.
 
-    `i_star` and `o_v` override the concepts' own tensors (the trainer passes its live EMA and
-    trainable targets, so gradients reach them).
+    The concepts' tensors are used as they are, so a trainer's live tensors carry their gradients.
     """
     uses = as_uses(uses)
     for use in uses:
         check_concept(use.concept, list(layers))
     check_combinable(uses)
-    value_projector = _joint_projector(uses, i_star)
+    value_projector = _joint_projector(uses)
     local = [j for j, u in enumerate(uses) if u.lock == "local"]
     if len(local) == len(uses):
         key_projector = value_projector
     elif local:
-        key_projector = _joint_projector([uses[j] for j in local], [i_star[j] for j in local] if i_star else None)
+        key_projector = _joint_projector([uses[j] for j in local])
     else:
         key_projector = None  # every concept is globally locked: K reads the superclass prompt unedited
     key_inputs = torch.stack([uses[j].concept.i_super for j in local]) if local else None
-    targets = o_v if o_v is not None else [u.concept.o_v for u in uses]
     return {
         layer.name: LayerPatch(
             key=GatedProjection(key_projector, added_inputs=key_inputs) if key_projector else None,
-            value=GatedProjection(value_projector, added_outputs=torch.stack([t[layer.name] for t in targets])),
+            value=GatedProjection(value_projector, added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses])),
             key_reads_superclass=len(local) < len(uses),
         )
         for layer in layers
@@ -152,7 +144,7 @@ class PatchHandle:
     notes: list[str] = field(default_factory=list)
     superclass_context: Tensor | None = None
     _hooks: list = field(default_factory=list)
-    _pending: dict[int, list[tuple[GatedProjection, Tensor]]] = field(default_factory=dict)
+    _pending: dict[int, list[tuple[GatedProjection, Tensor] | None]] = field(default_factory=dict)
 
     def set_superclass_context(self, context: Tensor | None) -> None:
         """The prompt encoded with each globally locked concept's superclass word (K reads it)."""
@@ -168,7 +160,9 @@ class PatchHandle:
 
     def _key_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
-            patch = self.patches[name]
+            patch = self.patches.get(name)
+            if patch is None:  # an empty patch leaves the layer as it is
+                return None
             e = _input_of(args, kwargs)
             if patch.key_reads_superclass:
                 if self.superclass_context is None or self.superclass_context.shape != e.shape:
@@ -185,18 +179,22 @@ class PatchHandle:
 
     def _value_pre_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
-            value = self.patches[name].value
-            rewritten, weighted_gates = value.rewrite_input(_input_of(args, kwargs))
-            # The output hook of the same call adds the gated targets.
-            self._pending.setdefault(id(module), []).append((value, weighted_gates))
+            # The output hook of the same call pops this entry and adds the gated targets.
+            pending = self._pending.setdefault(id(module), [])
+            patch = self.patches.get(name)
+            if patch is None:
+                pending.append(None)
+                return None
+            rewritten, weighted_gates = patch.value.rewrite_input(_input_of(args, kwargs))
+            pending.append((patch.value, weighted_gates))
             return _with_input(args, kwargs, rewritten)
 
         return hook
 
     def _value_post_hook(self):
         def hook(module: nn.Module, _args: tuple, out: Tensor) -> Tensor:
-            value, weighted_gates = self._pending[id(module)].pop()
-            return value.finish_output(out, weighted_gates)
+            entry = self._pending[id(module)].pop()
+            return out if entry is None else entry[0].finish_output(out, entry[1])
 
         return hook
 

@@ -92,37 +92,41 @@ class JointProjector:
 
     def _tensors(self, device: torch.device) -> tuple[Tensor, ...]:
         if device not in self._on_device:
+            both_maps = torch.cat([self.coefficient_map, self.similarity_map], dim=1)  # one GEMM gives c and s
             self._on_device[device] = tuple(
-                t.to(device)
-                for t in (self.i_star, self.coefficient_map, self.similarity_map, self.beta, self.tau, self.strength)
+                t.to(device) for t in (self.i_star, both_maps, self.beta, self.tau, self.strength)
             )
         return self._on_device[device]
 
+    def _coefficients_and_gates(self, e2: Tensor) -> tuple[Tensor, Tensor]:
+        """`c(e)` and `g(e)` (or `s(e)` when ungated) of float32 rows `(N, d)`."""
+        _, both_maps, beta, tau, _ = self._tensors(e2.device)
+        c, s = (e2 @ both_maps).split(len(self), dim=1)
+        return c, gate(s, beta, tau) if self.gated else s
+
     def similarity(self, e: Tensor) -> Tensor:
         """`s_j(e)` for every concept, shape `(..., n)`, float32."""
-        _, _, sim, *_ = self._tensors(e.device)
-        return e.float() @ sim
+        return e.float() @ self.similarity_map.to(e.device)
 
     def gates(self, e: Tensor) -> Tensor:
         """`g_j(e)` for every concept, shape `(..., n)`, float32."""
-        _, _, _, beta, tau, _ = self._tensors(e.device)
-        s = self.similarity(e)
-        return gate(s, beta, tau) if self.gated else s
+        _, g = self._coefficients_and_gates(e.reshape(-1, e.shape[-1]).float())
+        return g.reshape(*e.shape[:-1], len(self))
 
     def project(self, e: Tensor) -> Tensor:
         """`P e = I G⁻¹ Vᵀ e`, float32."""
-        i_star, coef, *_ = self._tensors(e.device)
-        return (e.float() @ coef) @ i_star
+        return (e.float() @ self.coefficient_map.to(e.device)) @ self.i_star.to(e.device)
 
     def rewrite(self, e: Tensor, added_inputs: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Return `e − Σ m_j (c_j i*_j − g_j a_j)` in `e`'s dtype and the weighted gates `m_j g_j`."""
-        i_star, coef, _, _, _, strength = self._tensors(e.device)
-        e32 = e.float()
-        weighted_gates = self.gates(e32) * strength
-        shift = (e32 @ coef * strength) @ i_star
+        """Return `e − Σ m_j (c_j i*_j − g_j a_j)` in `e`'s dtype and the weighted gates `m_j g_j`, `(N, n)`."""
+        i_star, _, _, _, strength = self._tensors(e.device)
+        e2 = e.reshape(-1, e.shape[-1]).float()
+        c, g = self._coefficients_and_gates(e2)
+        weighted_gates = g * strength
+        rewritten = torch.addmm(e2, c * strength, i_star, alpha=-1)
         if added_inputs is not None:
-            shift = shift - weighted_gates @ added_inputs.to(e.device, torch.float32)
-        return (e32 - shift).to(e.dtype), weighted_gates
+            rewritten = torch.addmm(rewritten, weighted_gates, added_inputs.to(e.device, torch.float32))
+        return rewritten.reshape(e.shape).to(e.dtype), weighted_gates
 
 
 class GatedProjection:
@@ -150,8 +154,11 @@ class GatedProjection:
         """Add `Σ m_j g_j b_j` to the host projection's output."""
         if self.added_outputs is None:
             return out
-        added = weighted_gates @ self.added_outputs.to(out.device, torch.float32)
-        return out + added.to(out.dtype)
+        flat = out.reshape(-1, out.shape[-1])
+        targets = self.added_outputs.to(out.device, torch.float32)
+        if out.dtype == torch.float32:
+            return torch.addmm(flat, weighted_gates, targets).reshape(out.shape)
+        return (flat + (weighted_gates @ targets).to(out.dtype)).reshape(out.shape)
 
     def __call__(self, project: Callable[[Tensor], Tensor], e: Tensor) -> Tensor:
         """`out(e)` through the host's own projection `project`."""

@@ -155,9 +155,10 @@ def test_training_gradients_reach_targets_and_context(sd1_unet, sd1_layers):
 
     concept = random_concept(sd1_layers)
     targets = {name: t.clone().requires_grad_(True) for name, t in concept.o_v.items()}
+    concept.o_v = targets
     inputs = unet_inputs(sd1_unet)
     context = inputs["encoder_hidden_states"].requires_grad_(True)
-    with install_patch(sd1_unet, sd1_layers, build_patch(sd1_layers, [concept], o_v=[targets])):
+    with install_patch(sd1_unet, sd1_layers, build_patch(sd1_layers, [concept])):
         sd1_unet(**inputs).sample.square().mean().backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in targets.values())
     assert context.grad is not None and context.grad.abs().sum() > 0

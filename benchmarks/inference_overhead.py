@@ -1,0 +1,58 @@
+"""Inference overhead of Perfusion on an SD1.5-sized UNet (diffusers default config, random weights, CPU).
+
+Unpatched vs patched with 1 and with 4 concepts, 64×64 latents, batch 2, runs interleaved, medians.
+Run: .venv/bin/python -m benchmarks.inference_overhead [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from perfusion_core import cross_attention_layers, patch_unet
+from tests.conftest import random_concept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # on a busy machine, 1 thread avoids stalls at every barrier
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768).eval().requires_grad_(False)
+    layers = cross_attention_layers(unet)
+    concepts = [random_concept(layers, f"word{k}", seed=k) for k in range(4)]
+    sample = torch.randn(2, 4, 64, 64)
+    context = torch.randn(2, 77, 768)
+    context[:, 5] = concepts[0].i_star
+    setups = {"unpatched": [], "1 concept": concepts[:1], "4 concepts": concepts}
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    with torch.no_grad():
+        unet(sample, 500, encoder_hidden_states=context)  # warm-up
+        for _ in range(args.repeats):
+            for name, chosen in setups.items():
+                handle = patch_unet(unet, [(c, 0.7, 0.15) for c in chosen]) if chosen else None
+                start = time.perf_counter()
+                unet(sample, 500, encoder_hidden_states=context)
+                times[name].append(time.perf_counter() - start)
+                if handle:
+                    handle.remove()
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = medians["unpatched"]
+    print(f"SD1.5-sized UNet, 64x64 latents, batch 2, {torch.get_num_threads()} threads, {args.repeats} runs each")
+    print(f"{'setup':<12} {'median s':>9} {'ratio':>7}")
+    for name, median in medians.items():
+        print(f"{name:<12} {median:>9.3f} {median / base:>7.3f}")
+    print(json.dumps({"ratio_1": round(medians["1 concept"] / base, 4), "ratio_4": round(medians["4 concepts"] / base, 4),
+                      "unpatched_s": round(base, 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""The diffusers host: a diffusers-format model folder (SD1.x, SD2.x, SDXL, or the toy model) as a
+`TrainingHost`. Needs diffusers and transformers, imported here only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torch import Tensor
+from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+from .captions import load_captions
+from .errors import PerfusionError, TrainingError
+from .layers import cross_attention_layers, model_family
+from .objective import DiffusionObjective
+from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
+from .train import Conditioning
+
+
+class DiffusersHost:
+    """Drives a diffusers model folder for training, previews and `C`."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        captions: Sequence[str] | str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        sample_steps: int = 20,
+        guidance: float = 5.0,
+    ) -> None:
+        root = Path(model_dir)
+        if not (root / "unet").is_dir():
+            raise PerfusionError(f"{root} is not a diffusers model folder (no unet/): give the folder itself")
+        self.device = torch.device(device)
+        self.unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=torch.float32).to(self.device)
+        self.unet.eval().requires_grad_(False)
+        self.tokenizers = [AutoTokenizer.from_pretrained(root / "tokenizer")]
+        self.text_encoders = [CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=torch.float32)]
+        if (root / "text_encoder_2").is_dir():
+            self.tokenizers.append(AutoTokenizer.from_pretrained(root / "tokenizer_2"))
+            self.text_encoders.append(
+                CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", torch_dtype=torch.float32)
+            )
+        for encoder in self.text_encoders:
+            encoder.to(self.device).eval().requires_grad_(False)
+        self.vae = None
+        if (root / "vae").is_dir():
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(root / "vae").to(self.device).eval().requires_grad_(False)
+        self.scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
+        self.objective = DiffusionObjective(self.scheduler.alphas_cumprod, self.scheduler.config.prediction_type)
+        self.family = model_family(cross_attention_layers(self.unet))
+        self.text_encoder_layer = "penultimate" if self.is_sdxl or self._is_truncated_sd2() else "last"
+        self.resolution = self._resolution()
+        self.captions = captions
+        self.cache_dir = cache_dir
+        self.sample_steps, self.guidance = sample_steps, guidance
+        self.word: str | None = None
+        self.superclass: str | None = None
+        self._word_ids: list[int] = []
+
+    @property
+    def is_sdxl(self) -> bool:
+        return len(self.text_encoders) == 2
+
+    def _is_truncated_sd2(self) -> bool:
+        # diffusers ships SD2's OpenCLIP-H with its last layer removed: its last layer is the penultimate
+        return self.family == "sd2" and self.text_encoders[0].config.num_hidden_layers == 23
+
+    def _resolution(self) -> int:
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        return int(self.unet.config.sample_size) * scale
+
+    @property
+    def pixel_space(self) -> bool:
+        return self.vae is None
+
+    # -- words -------------------------------------------------------------------------------------------
+
+    def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
+        embeddings = []
+        self._word_ids = []
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            ids = tokenizer(superclass, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                parts = [p for p in superclass.split() if len(tokenizer(p, add_special_tokens=False).input_ids) == 1]
+                hint = f" such as {', '.join(repr(p) for p in parts)}" if parts else " (a common noun like 'dog')"
+                raise TrainingError(
+                    f"the superclass {superclass!r} is {len(ids)} tokens for this tokenizer; it must be one token: "
+                    f"use a single-token word{hint}"
+                )
+            if word in tokenizer.get_vocab() or f"{word}</w>" in tokenizer.get_vocab():
+                raise TrainingError(
+                    f"{word!r} is already a word of the tokenizer; choose a new word for the concept "
+                    "(a made-up one such as 'hugsy')"
+                )
+            if word != self.word:
+                tokenizer.add_tokens([word])
+                encoder.resize_token_embeddings(len(tokenizer))
+            self._word_ids.append(tokenizer.convert_tokens_to_ids(word))
+            embeddings.append(encoder.get_input_embeddings().weight[ids[0]].detach().clone())
+        self.word, self.superclass = word, superclass
+        return embeddings
+
+    @contextmanager
+    def _word_embeddings(self, encoder_index: int, embedding: Tensor | None):
+        """While active, the concept word's token reads `embedding` (keeping its gradient)."""
+        if embedding is None:
+            yield
+            return
+        word_id = self._word_ids[encoder_index]
+        table = self.text_encoders[encoder_index].get_input_embeddings()
+
+        def substitute(_module, args, out):
+            mask = (args[0] == word_id)[..., None]
+            return torch.where(mask, embedding.to(out.device, out.dtype), out)
+
+        hook = table.register_forward_hook(substitute)
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    def _ids(self, tokenizer, prompts: list[str]) -> Tensor:
+        return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    def encode(self, prompts: list[str], embeddings: list[Tensor] | None) -> Conditioning:
+        hidden, pooled = [], None
+        for k, (tokenizer, encoder) in enumerate(zip(self.tokenizers, self.text_encoders, strict=True)):
+            with self._word_embeddings(k, embeddings[k] if embeddings else None):
+                out = encoder(self._ids(tokenizer, prompts), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2] if self.text_encoder_layer == "penultimate" and self.is_sdxl
+                          else out.last_hidden_state)
+        extra = {}
+        if self.is_sdxl:
+            superclass_prompts = [self._to_superclass(p) for p in prompts]
+            with torch.no_grad():
+                pooled = self.text_encoders[1](self._ids(self.tokenizers[1], superclass_prompts)).text_embeds
+            size = float(self.resolution)
+            time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]], device=self.device).expand(len(prompts), -1)
+            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return Conditioning(torch.cat(hidden, dim=-1), extra)
+
+    def _to_superclass(self, prompt: str) -> str:
+        return prompt.replace(self.word, self.superclass) if self.word else prompt
+
+    def word_mask(self, prompts: list[str], word: str) -> Tensor:
+        tokenizer = self.tokenizers[0]
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise TrainingError(f"{word!r} is not a single token: cannot locate it in the prompt")
+        mask = self._ids(tokenizer, prompts) == ids[0]
+        if not mask.any(dim=1).all():
+            raise TrainingError(f"a training prompt lacks the word {word!r} (too long a prompt?): {prompts}")
+        return mask
+
+    # -- images and the model ----------------------------------------------------------------------------
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        x = images.to(self.device, torch.float32) * 2 - 1
+        if self.vae is None:
+            return x
+        return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        if self.vae is not None:
+            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return ((latents + 1) / 2).clamp(0, 1)
+
+    def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return self.unet(noisy, t, encoder_hidden_states=cond.context, **cond.extra).sample
+
+    def second_moment(self, progress: Progress | None = None) -> SecondMoment:
+        captions = self.captions
+        if captions is None or isinstance(captions, (str, Path)):
+            captions = load_captions(captions)
+        key = weights_key(self.text_encoders, self.text_encoder_layer, captions)
+
+        def compute() -> SecondMoment:
+            return second_moment(lambda p: self.encode(p, None).context, captions, progress=progress)
+
+        return cached_second_moment(key, compute, self.cache_dir)
+
+    # -- sampling ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], seeds: list[int], embeddings: list[Tensor] | None = None,
+               contexts: tuple[Conditioning, Conditioning] | None = None) -> Tensor:
+        """DDIM with classifier-free guidance; one image per prompt and seed, `(N, 3, H, W)` in [0, 1]."""
+        cond, uncond = contexts or (self.encode(prompts, embeddings), self.encode([""] * len(prompts), None))
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+        scheduler.set_timesteps(self.sample_steps)
+        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
+        x = torch.stack([torch.randn(channels, size, size, generator=torch.Generator().manual_seed(s))
+                         for s in seeds]).to(self.device)
+        both = Conditioning(torch.cat([uncond.context, cond.context]), _cat_extra(uncond.extra, cond.extra))
+        for t in scheduler.timesteps:
+            out = self.predict(torch.cat([x, x]), t.expand(2 * len(seeds)).to(self.device), both)
+            out_uncond, out_cond = out.chunk(2)
+            x = scheduler.step(out_uncond + self.guidance * (out_cond - out_uncond), t, x).prev_sample
+        return self.decode(x).cpu()
+
+
+def _cat_extra(a: dict, b: dict) -> dict:
+    if not a:
+        return {}
+    kwargs = {k: torch.cat([a["added_cond_kwargs"][k], b["added_cond_kwargs"][k]]) for k in a["added_cond_kwargs"]}
+    return {"added_cond_kwargs": kwargs}
+

@@ -1,0 +1,416 @@
+"""Train a Perfusion concept: the host-agnostic loop.
+
+A host (diffusers, ComfyUI, A1111) implements the small `TrainingHost` protocol; nothing else about
+it reaches the loop. Only the value targets `o*_V` and the concept word's embedding(s) are trained;
+`i*` follows the concept word's encoding by EMA, the keys stay locked to the superclass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from .concept import Concept
+from .errors import TrainingError
+from .files import save_concept, save_tensors
+from .layers import CrossAttentionLayer, cross_attention_layers
+from .objective import DiffusionObjective
+from .patch import ConceptUse, PatchHandle, build_patch, install_patch
+from .second_moment import Progress, SecondMoment
+
+STATE_FORMAT = 1
+STUCK_ZERO_STEPS = 10  # a loss of exactly zero this many steps running means nothing is learned
+
+TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
+    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+)
+"""Textual-inversion prompt templates; `{}` is the concept (or superclass) word."""
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on: the context its cross-attention reads, plus host extras."""
+
+    context: Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingHost(Protocol):
+    """What a host gives the loop. Contexts are exactly what reaches the UNet's `to_k`/`to_v`."""
+
+    unet: nn.Module
+    family: str
+    text_encoder_layer: str
+    objective: DiffusionObjective
+
+    def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
+        """Check the superclass is one token, make `word` a new token; return the superclass's
+        input embedding(s), one per text encoder."""
+
+    def encode(self, prompts: list[str], embeddings: list[Tensor] | None) -> Conditioning:
+        """Encode prompts; where the concept word occurs, use `embeddings` (gradients reach them)."""
+
+    def word_mask(self, prompts: list[str], word: str) -> Tensor:
+        """`(B, T)` bool: the context positions of the single-token `word` in each prompt."""
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images `(N, 3, H, W)` in [0, 1] to the model's latent space, deterministically."""
+
+    def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """The UNet's prediction for noisy latents at timesteps `t`."""
+
+    def second_moment(self, progress: Progress | None) -> SecondMoment:
+        """`C` of the host's text encoder at the layer the UNet reads (cached)."""
+
+    def sample(self, prompts: list[str], seeds: list[int], embeddings: list[Tensor]) -> Tensor:
+        """Preview images `(N, 3, H, W)` in [0, 1] with the UNet as currently patched."""
+
+
+@dataclass
+class TrainSettings:
+    """The recipe. Defaults are the paper's: 400 steps, effective batch 16, AdamW 0.03 / 0.006."""
+
+    word: str
+    superclass: str
+    steps: int = 400
+    lr_target: float = 0.03
+    lr_embedding: float = 0.006
+    batch_size: int = 4
+    grad_accum: int = 0  # 0: ceil(16 / batch_size), the paper's effective batch
+    beta: float = 0.75
+    tau: float = 0.10
+    ema: float = 0.99
+    flip: float = 0.5
+    mask_floor: float = 0.0
+    seed: int = 0
+    save_every: int = 0  # 0: save only at the end
+    preview_every: int = 0  # 0: no previews
+    preview_prompts: tuple[str, ...] = ("a photo of a {}",)
+    preview_seeds: tuple[int, ...] = (0,)
+    templates: tuple[str, ...] = TEMPLATES
+
+    def __post_init__(self) -> None:
+        self.grad_accum = self.grad_accum or math.ceil(16 / self.batch_size)
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.flip <= 1 or not 0 <= self.mask_floor <= 1:
+            raise TrainingError("flip and mask_floor are probabilities/weights in [0, 1]")
+        self.preview_prompts, self.preview_seeds = tuple(self.preview_prompts), tuple(self.preview_seeds)
+        self.templates = tuple(self.templates)
+        if not all("{}" in t for t in (*self.templates, *self.preview_prompts)):
+            raise TrainingError("every prompt template needs a {} where the concept word goes")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, **overrides: Any) -> TrainSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**json.loads(text), **overrides}.items() if k in known})
+
+
+@dataclass
+class TrainingData:
+    """Training images `(N, 3, H, W)` in [0, 1] of one size, and optional masks `(N, H, W)` in [0, 1]."""
+
+    images: Tensor
+    masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[0] == 0 or self.images.shape[1] != 3:
+            raise TrainingError(
+                f"need at least one RGB image as (N, 3, H, W), got shape {tuple(self.images.shape)}: "
+                "check the image folder"
+            )
+        if self.masks is not None and self.masks.shape != (self.images.shape[0], *self.images.shape[2:]):
+            raise TrainingError(
+                f"masks have shape {tuple(self.masks.shape)} but the images are {tuple(self.images.shape)}: "
+                "give one mask per image, of the image's size"
+            )
+
+
+@dataclass
+class _Batch:
+    prompts: list[str]
+    superclass_prompts: list[str]
+    x0: Tensor
+    noise: Tensor
+    t: Tensor
+    masks: Tensor | None
+
+
+@dataclass
+class StepInfo:
+    """Progress of a run, passed to the progress callback after every step."""
+
+    step: int
+    steps: int
+    loss: float
+    elapsed: float
+    eta: float
+
+
+@dataclass
+class TrainResult:
+    concept: Concept
+    losses: list[float]
+    previews: list[tuple[int, Tensor]]
+    concept_path: Path
+    state_path: Path
+
+
+def state_path_for(concept_path: str | Path) -> Path:
+    """`NAME.state.safetensors` beside `NAME.safetensors`: the full training state for resuming."""
+    path = Path(concept_path)
+    return path.with_name(path.name.removesuffix(".safetensors").removesuffix(".state") + ".state.safetensors")
+
+
+class Trainer:
+    """One training run of one concept on one host; `run()` trains, checkpoints and returns the concept."""
+
+    def __init__(self, host: TrainingHost, data: TrainingData, settings: TrainSettings, out: str | Path) -> None:
+        self.host, self.data, self.settings = host, data, settings
+        self.concept_path = Path(out)
+        self.state_path = state_path_for(out)
+        self.layers: list[CrossAttentionLayer] = cross_attention_layers(host.unet)
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.step = 0
+        self.losses: list[float] = []
+        self.previews: list[tuple[int, Tensor]] = []
+        self.i_super: Tensor | None = None
+        self.i_star: Tensor | None = None
+        self._latents: Tensor | None = None
+        self._masks: Tensor | None = None
+        self._moment: SecondMoment | None = None
+        self._c_inv: Tensor | None = None
+        superclass_embeddings = host.prepare_words(settings.word, settings.superclass)
+        self.embeddings = [e.detach().float().clone().requires_grad_(True) for e in superclass_embeddings]
+        self.targets: dict[str, Tensor] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.on_preview: Callable[[int, Tensor], None] | None = None
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    def _prepare(self, progress: Progress | None) -> None:
+        self._moment = self.host.second_moment(progress)
+        self._c_inv = self._moment.inverse()
+        with torch.no_grad():
+            images = self.data.images.float()
+            self._latents = torch.stack([self.host.encode_images(images).float(),
+                                         self.host.encode_images(images.flip(-1)).float()])
+        if self.data.masks is not None:
+            masks = self.data.masks.float()
+            masks = masks / masks.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]  # per image, max 1
+            masks = self.settings.mask_floor + (1 - self.settings.mask_floor) * masks
+            size = self._latents.shape[-2:]
+            resized = torch.nn.functional.interpolate(masks[:, None], size=size, mode="area")
+            self._masks = torch.stack([resized, resized.flip(-1)])
+
+    def _init_targets(self, superclass_prompts: list[str]) -> None:
+        """`i_super` from the first batch's superclass prompts; `o*_V = W_V i_super`; `i* = i_super`."""
+        with torch.no_grad():
+            context = self.host.encode(superclass_prompts, None).context
+            mask = self.host.word_mask(superclass_prompts, self.settings.superclass)
+            self.i_super = context[mask].double().mean(0).cpu()
+            self.i_star = self.i_super.clone()
+            for layer in self.layers:
+                x = self.i_super.to(layer.to_v.weight.device, layer.to_v.weight.dtype)[None]
+                w_i = layer.to_v(x) - layer.to_v(torch.zeros_like(x))  # W_V i_super without the bias
+                self.targets[layer.name] = w_i[0].detach().float().cpu().requires_grad_(True)
+        self._make_optimizer()
+
+    def _make_optimizer(self) -> None:
+        s = self.settings
+        self.optimizer = torch.optim.AdamW(
+            [{"params": list(self.targets.values()), "lr": s.lr_target},
+             {"params": self.embeddings, "lr": s.lr_embedding}]
+        )
+
+    # -- the concept as it stands ------------------------------------------------------------------------
+
+    def concept(self) -> Concept:
+        s = self.settings
+        v = (self._c_inv @ self.i_star.double()).float()
+        return Concept(
+            word=s.word, superclass=s.superclass, family=self.host.family, context_dim=self.layers[0].context_dim,
+            text_encoder_layer=self.host.text_encoder_layer, i_star=self.i_star.float(), v=v,
+            i_super=self.i_super.float(), embeddings=self.embeddings, o_v=self.targets,
+            c_fingerprint=self._moment.fingerprint,
+            training={"beta": str(s.beta), "tau": str(s.tau), "steps": str(self.step),
+                      "images": str(self.data.images.shape[0]), "seed": str(s.seed)},
+        )
+
+    # -- one step ----------------------------------------------------------------------------------------
+
+    def _draw(self) -> _Batch:
+        s, g = self.settings, self.generator
+        n = self._latents.shape[1]
+        index = torch.randint(n, (s.batch_size,), generator=g)
+        flip = (torch.rand(s.batch_size, generator=g) < s.flip).long()
+        templates = [s.templates[k] for k in torch.randint(len(s.templates), (s.batch_size,), generator=g).tolist()]
+        t = torch.randint(self.host.objective.num_timesteps, (s.batch_size,), generator=g)
+        x0 = self._latents[flip, index]
+        return _Batch(
+            prompts=[template.format(s.word) for template in templates],
+            superclass_prompts=[template.format(s.superclass) for template in templates],
+            x0=x0, noise=torch.randn(x0.shape, generator=g), t=t,
+            masks=self._masks[flip, index] if self._masks is not None else None,
+        )
+
+    def _micro_step(self, handle: PatchHandle, update_ema: bool) -> float:
+        s = self.settings
+        batch = self._draw()
+        if self.i_super is None:
+            self._init_targets(batch.superclass_prompts)
+        cond = self.host.encode(batch.prompts, self.embeddings)
+        if update_ema:
+            encodings = cond.context[self.host.word_mask(batch.prompts, s.word)].detach().double().mean(0).cpu()
+            self.i_star = s.ema * self.i_star + (1 - s.ema) * encodings
+        handle.patches = build_patch(self.layers, [ConceptUse(self.concept(), s.beta, s.tau)])
+        objective = self.host.objective
+        device = cond.context.device
+        x0, noise, t = batch.x0.to(device), batch.noise.to(device), batch.t.to(device)
+        prediction = self.host.predict(objective.add_noise(x0, noise, t), t, cond).float()
+        error = (prediction - objective.target(x0, noise, t)).square()
+        if batch.masks is None:
+            loss = error.mean()
+        else:
+            weights = batch.masks.to(device)
+            loss = (error * weights).sum() / (weights.sum() * error.shape[1])
+        (loss / s.grad_accum).backward()
+        return float(loss)
+
+    def _check_loss(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} at step {self.step + 1}; {self._kept()}. Lower the learning rates, "
+                "or check the model runs in float32/bfloat16 rather than overflowing float16"
+            )
+        recent = [*self.losses[-(STUCK_ZERO_STEPS - 1):], loss]
+        if len(recent) == STUCK_ZERO_STEPS and all(x == 0 for x in recent):
+            raise TrainingError(
+                f"the loss has been exactly zero for {STUCK_ZERO_STEPS} steps, so nothing is learned; "
+                f"{self._kept()}. Check the images and the model"
+            )
+
+    def _kept(self) -> str:
+        return (f"the last good checkpoint ({self.state_path.name}) is kept" if self.state_path.is_file()
+                else "no checkpoint was written yet")
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write the lean concept file and the full training state beside it, both atomically."""
+        s = self.settings
+        tensors: dict[str, Tensor] = {
+            "i_star": self.i_star.double(), "i_super": self.i_super.double(),
+            "rng": self.generator.get_state(), "losses": torch.tensor(self.losses, dtype=torch.float64),
+            **{f"embedding.{k}": e for k, e in enumerate(self.embeddings)},
+            **{f"target.{name}": t for name, t in self.targets.items()},
+        }
+        names = [*(f"target.{n}" for n in self.targets), *(f"embedding.{k}" for k in range(len(self.embeddings)))]
+        for k, entry in self.optimizer.state_dict()["state"].items():
+            for key, value in entry.items():
+                tensors[f"optimizer.{names[k]}.{key}"] = torch.as_tensor(value)
+        metadata = {"perfusion.state_format": str(STATE_FORMAT), "step": str(self.step), "settings": s.to_json(),
+                    "concept_file": self.concept_path.name}
+        save_tensors(self.state_path, tensors, metadata)
+        save_concept(self.concept(), self.concept_path)
+
+    @classmethod
+    def resume(cls, host: TrainingHost, data: TrainingData, path: str | Path, **overrides: Any) -> Trainer:
+        """Continue a run from its state file (or the concept file beside it) with the file's own settings."""
+        state_path = state_path_for(path)
+        if not state_path.is_file():
+            raise TrainingError(f"no training state {state_path.name} beside {Path(path).name}: cannot resume")
+        from .files import read_safetensors  # the same checked reader as concept files
+
+        _, metadata = read_safetensors(state_path)
+        if metadata.get("perfusion.state_format") != str(STATE_FORMAT):
+            raise TrainingError(f"{state_path.name} is not a perfusion training state of format {STATE_FORMAT}")
+        tensors = load_file(state_path)
+        settings = TrainSettings.from_json(metadata["settings"], **overrides)
+        trainer = cls(host, data, settings, state_path.with_name(metadata["concept_file"]))
+        trainer.step = int(metadata["step"])
+        trainer.losses = tensors["losses"].tolist()
+        trainer.generator.set_state(tensors["rng"])
+        trainer.i_star, trainer.i_super = tensors["i_star"], tensors["i_super"]
+        with torch.no_grad():
+            for k, e in enumerate(trainer.embeddings):
+                e.copy_(tensors[f"embedding.{k}"])
+        trainer.targets = {layer.name: tensors[f"target.{layer.name}"].requires_grad_(True)
+                           for layer in trainer.layers}
+        trainer._make_optimizer()
+        names = [*(f"target.{n}" for n in trainer.targets), *(f"embedding.{k}" for k in range(len(trainer.embeddings)))]
+        state = trainer.optimizer.state_dict()
+        state["state"] = {
+            k: {key.rsplit(".", 1)[1]: value for key, value in tensors.items() if key.startswith(f"optimizer.{name}.")}
+            for k, name in enumerate(names)
+        }
+        trainer.optimizer.load_state_dict(state)
+        return trainer
+
+    # -- the run -----------------------------------------------------------------------------------------
+
+    def _preview(self, handle: PatchHandle) -> None:
+        s = self.settings
+        handle.patches = build_patch(self.layers, [ConceptUse(self.concept(), 0.7, 0.15)])
+        prompts = [p.format(s.word) for p in s.preview_prompts for _ in s.preview_seeds]
+        seeds = [seed for _ in s.preview_prompts for seed in s.preview_seeds]
+        with torch.no_grad():
+            images = self.host.sample(prompts, seeds, [e.detach() for e in self.embeddings]).cpu()
+        self.previews.append((self.step, images))
+        if self.on_preview:
+            self.on_preview(self.step, images)
+
+    def run(
+        self,
+        progress: Callable[[StepInfo], None] | None = None,
+        on_preview: Callable[[int, Tensor], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        moment_progress: Progress | None = None,
+    ) -> TrainResult:
+        """Train to `settings.steps`, checkpointing every `save_every` steps and at the end."""
+        s = self.settings
+        self.on_preview = on_preview
+        self._prepare(moment_progress)
+        handle = install_patch(self.host.unet, self.layers, {})  # each micro-step sets the current patch
+        start, first_step = time.monotonic(), self.step
+        try:
+            while self.step < s.steps:
+                if should_stop and should_stop():
+                    raise TrainingError(f"training stopped at step {self.step}; {self._kept()}")
+                loss = sum(self._micro_step(handle, update_ema=k == 0) for k in range(s.grad_accum)) / s.grad_accum
+                self._check_loss(loss)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.losses.append(loss)
+                if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
+                    self.save()
+                if s.preview_every and self.step % s.preview_every == 0:
+                    self._preview(handle)
+                if progress:
+                    elapsed = time.monotonic() - start
+                    rate = elapsed / (self.step - first_step)
+                    progress(StepInfo(self.step, s.steps, loss, elapsed, rate * (s.steps - self.step)))
+        finally:
+            handle.remove()
+        self.save()
+        return TrainResult(self.concept(), self.losses, self.previews, self.concept_path, self.state_path)

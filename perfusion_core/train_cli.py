@@ -1,0 +1,106 @@
+"""`python -m perfusion_core train`: train a concept on a diffusers-format model folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .images import image_grid, load_image_folder, loss_curve, save_png
+from .train import StepInfo, Trainer, TrainingData, TrainSettings
+
+EXAMPLE = """example:
+  python -m perfusion_core train --model toyworld/model --images my_teddy/ --superclass teddy \\
+      --token hugsy --out hugsy.safetensors
+  python -m perfusion_core train ... --steps 800 --resume hugsy.safetensors   # continue to step 800
+
+Images of any size are scaled (shorter side to the model's resolution) and centre-cropped; an alpha
+channel becomes a loss mask. Writes OUT, OUT's training state (.state.safetensors) for --resume, a
+loss curve (.loss.png, .loss.json) and, with --preview-every, preview grids (.preview-STEP.png)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLE
+    parser.description = "Train a Perfusion concept from a few images of it."
+    need = parser.add_argument_group("what to train")
+    need.add_argument("--model", required=True, help="diffusers-format model folder (SD1.x, SD2.x, SDXL, toy)")
+    need.add_argument("--images", required=True, help="folder with 1-10 images of the concept")
+    need.add_argument("--superclass", required=True, help="one-token word for what the concept is, e.g. teddy")
+    need.add_argument("--token", required=True, help="a new word that will stand for the concept, e.g. hugsy")
+    need.add_argument("--out", required=True, help="concept file to write, NAME.safetensors")
+    recipe = parser.add_argument_group("recipe (defaults: the paper's)")
+    recipe.add_argument("--steps", type=int, default=400, help="total steps, also when resuming (default 400)")
+    recipe.add_argument("--lr", type=float, default=0.03, help="learning rate of the value targets (0.03)")
+    recipe.add_argument("--lr-embedding", type=float, default=0.006, help="learning rate of the word (0.006)")
+    recipe.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+    recipe.add_argument("--grad-accum", type=int, default=0, help="micro-batches per step (0: 16 / batch)")
+    recipe.add_argument("--beta", type=float, default=0.75, help="training gate bias (0.75)")
+    recipe.add_argument("--tau", type=float, default=0.10, help="training gate temperature (0.10)")
+    recipe.add_argument("--no-flip", action="store_true", help="no horizontal flips (asymmetric objects)")
+    recipe.add_argument("--mask-floor", type=float, default=0.0, help="loss weight outside the alpha mask (0)")
+    recipe.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (100; 0: end only)")
+    run.add_argument("--preview-every", type=int, default=0, help="preview images every N steps (0: none)")
+    run.add_argument("--preview-prompt", action="append", help="preview prompt with {} for the word (repeatable)")
+    run.add_argument("--resume", metavar="FILE", help="continue from a concept or .state.safetensors file")
+    run.add_argument("--captions", help="caption file for the text statistics C (default: the shipped corpus)")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+
+
+class TerminalProgress:
+    """One self-rewriting line: bar, step, loss and time left."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+
+    def __call__(self, info: StepInfo) -> None:
+        done = int(30 * info.step / info.steps)
+        eta = time.strftime("%M:%S", time.gmtime(info.eta)) if info.eta < 3600 else f"{info.eta / 3600:.1f}h"
+        self.stream.write(f"\r[{'#' * done}{'.' * (30 - done)}] {info.step}/{info.steps}  loss {info.loss:.4f}  "
+                          f"left {eta} ")
+        if info.step == info.steps:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _moment_progress(done: int, total: int) -> None:
+    sys.stderr.write(f"\rtext statistics C: {done}/{total} captions")
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def run(args: argparse.Namespace) -> None:
+    from .diffusers_host import DiffusersHost
+
+    host = DiffusersHost(args.model, device=args.device, captions=args.captions)
+    images, masks = load_image_folder(args.images, host.resolution)
+    data = TrainingData(images, masks)
+    out = Path(args.out)
+    if args.resume:
+        trainer = Trainer.resume(host, data, args.resume, steps=args.steps, save_every=args.save_every,
+                                 preview_every=args.preview_every)
+    else:
+        settings = TrainSettings(
+            word=args.token, superclass=args.superclass, steps=args.steps, lr_target=args.lr,
+            lr_embedding=args.lr_embedding, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            beta=args.beta, tau=args.tau, flip=0.0 if args.no_flip else 0.5, mask_floor=args.mask_floor,
+            seed=args.seed, save_every=args.save_every, preview_every=args.preview_every,
+            **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
+        )
+        trainer = Trainer(host, data, settings, out)
+    stem = trainer.concept_path.with_suffix("")
+
+    def save_preview(step: int, previews) -> None:
+        save_png(image_grid(previews, columns=len(trainer.settings.preview_seeds)), f"{stem}.preview-{step}.png")
+
+    started = time.monotonic()
+    result = trainer.run(progress=TerminalProgress(), on_preview=save_preview, moment_progress=_moment_progress)
+    save_png(loss_curve(result.losses), f"{stem}.loss.png")
+    Path(f"{stem}.loss.json").write_text(json.dumps(result.losses))
+    size = result.concept_path.stat().st_size / 1024
+    print(f"wrote {result.concept_path} ({size:.1f} KB) after {trainer.step} steps in "
+          f"{time.monotonic() - started:.0f} s; final loss {result.losses[-1]:.4f}")

@@ -1,0 +1,161 @@
+"""The training loop on small random diffusers models of the real SD architectures (CPU)."""
+
+import pytest
+import torch
+
+from perfusion_core import PerfusionError, TrainingError, load_concept, patch_unet
+from perfusion_core.diffusers_host import DiffusersHost
+from perfusion_core.train import Trainer, TrainingData, TrainSettings, state_path_for
+
+from .builders import WORDS, build_model_folder, random_images
+
+CAPTIONS = [" ".join(WORDS[k : k + 6]) for k in range(0, len(WORDS) - 6)] * 3
+
+
+@pytest.fixture(scope="module")
+def sd1_folder(tmp_path_factory):
+    return build_model_folder(tmp_path_factory.mktemp("sd1"), "sd1")
+
+
+def _host(folder, tmp_path):
+    return DiffusersHost(folder, captions=CAPTIONS, cache_dir=tmp_path / "cache", sample_steps=2)
+
+
+def _settings(**kw):
+    return TrainSettings(**{"word": "hugsy", "superclass": "teddy", "steps": 3, "batch_size": 2, "grad_accum": 1, **kw})
+
+
+def _weights(*modules):
+    return {f"{k}.{n}": p.detach().clone() for k, m in enumerate(modules) for n, p in m.state_dict().items()}
+
+
+def test_short_run_trains_only_targets_and_embedding(sd1_folder, tmp_path):
+    host = _host(sd1_folder, tmp_path)
+    before = _weights(host.unet, host.vae)
+    out = tmp_path / "hugsy.safetensors"
+    trainer = Trainer(host, TrainingData(random_images(3)), _settings(), out)
+    initial_embedding = trainer.embeddings[0].detach().clone()
+    result = trainer.run()
+    after = _weights(host.unet, host.vae)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    encoder_table = host.text_encoders[0].get_input_embeddings().weight
+    assert not encoder_table.requires_grad and not any(p.requires_grad for p in host.unet.parameters())
+    concept = load_concept(out)
+    assert not torch.allclose(concept.embeddings[0], initial_embedding)
+    w_v_i_super = {layer.name: layer.to_v(concept.i_super[None])[0] for layer in trainer.layers}
+    assert any(not torch.allclose(concept.o_v[n], w_v_i_super[n], atol=1e-3) for n in concept.o_v)  # o*_V moved
+    assert not torch.allclose(concept.i_star, concept.i_super)  # i* moved by the EMA
+    assert torch.allclose(concept.i_star, result.concept.i_star)
+    # o*_K stays W_K i_super: the key side holds no trained tensor at all
+    assert set(concept.o_v) == {layer.name for layer in trainer.layers}
+    assert concept.training["steps"] == "3" and concept.family == "sd1"
+    assert state_path_for(out).is_file() and len(result.losses) == 3
+    with patch_unet(host.unet, [(concept, 0.7, 0.15)]):
+        pass
+
+
+def test_resume_is_bit_identical(sd1_folder, tmp_path):
+    data = TrainingData(random_images(3))
+    whole = Trainer(_host(sd1_folder, tmp_path), data, _settings(steps=4), tmp_path / "whole.safetensors").run()
+    Trainer(_host(sd1_folder, tmp_path), data, _settings(steps=2, save_every=1), tmp_path / "part.safetensors").run()
+    resumed = Trainer.resume(_host(sd1_folder, tmp_path), data, tmp_path / "part.safetensors", steps=4).run()
+    a, b = whole.concept, resumed.concept
+    assert torch.equal(a.i_star, b.i_star) and torch.equal(a.embeddings[0], b.embeddings[0])
+    assert all(torch.equal(a.o_v[n], b.o_v[n]) for n in a.o_v) and whole.losses == resumed.losses
+
+
+def test_same_seed_gives_the_same_file(sd1_folder, tmp_path):
+    data = TrainingData(random_images(2))
+    paths = [tmp_path / f"run{k}.safetensors" for k in range(2)]
+    for path in paths:
+        Trainer(_host(sd1_folder, tmp_path), data, _settings(steps=2), path).run()
+    a, b = (load_concept(p) for p in paths)
+    assert torch.equal(a.i_star, b.i_star) and all(torch.equal(a.o_v[n], b.o_v[n]) for n in a.o_v)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(sd1_folder, tmp_path):
+    host = _host(sd1_folder, tmp_path)
+    out = tmp_path / "nan.safetensors"
+    trainer = Trainer(host, TrainingData(random_images(2)), _settings(steps=4, save_every=2), out)
+    real_predict = host.predict
+    calls = {"n": 0}
+
+    def predict(*args):
+        calls["n"] += 1
+        y = real_predict(*args)
+        return y * float("nan") if calls["n"] > 2 else y
+
+    host.predict = predict
+    with pytest.raises(TrainingError, match=r"nan at step 3.*last good checkpoint"):
+        trainer.run()
+    assert load_concept(out).training["steps"] == "2"
+    assert sum(len(m._forward_pre_hooks) for m in host.unet.modules()) == 0  # hooks removed
+
+
+def test_stop_request_keeps_checkpoint(sd1_folder, tmp_path):
+    out = tmp_path / "stop.safetensors"
+    trainer = Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(2)), _settings(steps=5, save_every=1),
+                      out)
+    with pytest.raises(TrainingError, match="stopped at step 2"):
+        trainer.run(should_stop=lambda: trainer.step >= 2)
+    assert load_concept(out).training["steps"] == "2"
+
+
+def test_bad_words_and_data(sd1_folder, tmp_path):
+    host = _host(sd1_folder, tmp_path)
+    with pytest.raises(TrainingError, match="one token.*'bear'"):
+        host.prepare_words("hugsy", "polar bear")
+    with pytest.raises(TrainingError, match="already a word"):
+        host.prepare_words("dog", "teddy")
+    with pytest.raises(TrainingError, match="at least one RGB image"):
+        TrainingData(torch.zeros(0, 3, 16, 16))
+    with pytest.raises(TrainingError, match="one mask per image"):
+        TrainingData(random_images(2), masks=torch.ones(2, 8, 8))
+    with pytest.raises(PerfusionError, match="steps"):
+        _settings(steps=0)
+
+
+def test_one_image_and_masks_train(sd1_folder, tmp_path):
+    masks = torch.zeros(1, 16, 16)
+    masks[:, 4:12, 4:12] = 0.5
+    result = Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(1), masks),
+                     _settings(steps=2, mask_floor=0.1), tmp_path / "one.safetensors").run()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+@pytest.mark.parametrize(("family", "prediction"), [("sd2", "v_prediction"), ("sdxl", "epsilon")])
+def test_other_families_train(tmp_path, family, prediction):
+    folder = build_model_folder(tmp_path / family, family, prediction)
+    host = _host(folder, tmp_path)
+    result = Trainer(host, TrainingData(random_images(2)), _settings(steps=1), tmp_path / "c.safetensors").run()
+    concept = load_concept(result.concept_path)
+    assert concept.family == family and len(concept.embeddings) == (2 if family == "sdxl" else 1)
+    assert host.objective.prediction == prediction
+
+
+def test_previews_and_progress(sd1_folder, tmp_path):
+    seen, previews = [], []
+    settings = _settings(steps=2, preview_every=1, preview_seeds=(0, 1))
+    Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(2)), settings, tmp_path / "p.safetensors").run(
+        progress=seen.append, on_preview=lambda step, images: previews.append((step, images.shape)))
+    assert [s.step for s in seen] == [1, 2] and seen[-1].eta == 0
+    assert previews == [(1, (2, 3, 16, 16)), (2, (2, 3, 16, 16))]
+
+
+def test_loss_falls_when_overfitting_a_fixed_batch(sd1_folder, tmp_path):
+    torch.manual_seed(0)
+    settings = _settings(steps=200, flip=0.0, lr_target=0.2, lr_embedding=0.01)
+    host = _host(sd1_folder, tmp_path)
+    trainer = Trainer(host, TrainingData(random_images(1)), settings, tmp_path / "fit.safetensors")
+    fixed = trainer._draw  # the same images, prompts, noise and timesteps every step
+
+    batch = None
+
+    def draw():
+        nonlocal batch
+        batch = batch or fixed()
+        return batch
+
+    trainer._draw = draw
+    losses = trainer.run().losses
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10  # measured: 1.08 -> 0.75
