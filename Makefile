@@ -22,7 +22,7 @@ test: lint
 	$(PY) -m pytest -q -rs
 
 demo: setup
-	$(PY) -m perfusion_core.demo --out demo_output
+	$(PY) -m toyworld.demo --out demo_output
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache

@@ -194,7 +194,10 @@ class DiffusersHost:
                contexts: tuple[Conditioning, Conditioning] | None = None) -> Tensor:
         """DDIM with classifier-free guidance; one image per prompt and seed, `(N, 3, H, W)` in [0, 1]."""
         cond, uncond = contexts or (self.encode(prompts, embeddings), self.encode([""] * len(prompts), None))
-        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+        # trailing spacing starts at the last timestep (needed by zero-terminal-SNR schedules); no clipping:
+        # with v-prediction and guidance, clipping the x0 estimate inverts colours
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=True,
+                                              timestep_spacing="trailing")
         scheduler.set_timesteps(self.sample_steps)
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
         x = torch.stack([torch.randn(channels, size, size, generator=torch.Generator().manual_seed(s))
