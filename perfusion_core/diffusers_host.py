@@ -176,6 +176,12 @@ class DiffusersHost:
     def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         return self.unet(noisy, t, encoder_hidden_states=cond.context, **cond.extra).sample
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.unet.enable_gradient_checkpointing()
+        else:
+            self.unet.disable_gradient_checkpointing()
+
     def second_moment(self, progress: Progress | None = None) -> SecondMoment:
         captions = self.captions
         if captions is None or isinstance(captions, (str, Path)):

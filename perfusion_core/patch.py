@@ -9,6 +9,7 @@ removing them restores the model exactly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
 from .rank1 import GatedProjection, GateSettings, JointProjector
 
 LOCKS = ("local", "global")
+log = logging.getLogger("perfusion")
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ def _joint_projector(uses: Sequence[ConceptUse]) -> JointProjector:
     )
 
 
-def check_combinable(uses: Sequence[ConceptUse]) -> list[str]:
-    """Refuse concepts that cannot share a projector; return notes on what is allowed but unusual."""
+def check_combinable(uses: Sequence[ConceptUse]) -> None:
+    """Refuse concepts that cannot share a projector; log what is allowed but unusual."""
     first = uses[0].concept
     for use in uses[1:]:
         c = use.concept
@@ -90,10 +92,8 @@ def check_combinable(uses: Sequence[ConceptUse]) -> list[str]:
                 f"{first.text_encoder_layer}) and '{c.name}' ({c.family}, width {c.context_dim}, layer "
                 f"{c.text_encoder_layer}) were trained for different text encoders and cannot be combined"
             )
-    fingerprints = {u.concept.c_fingerprint for u in uses}
-    if len(fingerprints) > 1:
-        return ["concepts were trained against different caption statistics C; their joint projector is oblique"]
-    return []
+    if len({u.concept.c_fingerprint for u in uses}) > 1:
+        log.info("concepts were trained against different caption statistics C: their joint projector is oblique")
 
 
 def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) -> dict[str, LayerPatch]:
@@ -141,7 +141,6 @@ class PatchHandle:
     unet: nn.Module
     layers: list[CrossAttentionLayer]
     patches: dict[str, LayerPatch]
-    notes: list[str] = field(default_factory=list)
     superclass_context: Tensor | None = None
     _hooks: list = field(default_factory=list)
     _pending: dict[int, list[tuple[GatedProjection, Tensor] | None]] = field(default_factory=dict)
@@ -236,7 +235,4 @@ def patch_unet(unet: nn.Module, concepts: Iterable[UseLike]) -> PatchHandle:
     already patched UNet replaces the earlier patch. Returns a handle; `handle.remove()` restores it.
     """
     layers = cross_attention_layers(unet)
-    uses = as_uses(concepts)
-    handle = install_patch(unet, layers, build_patch(layers, uses))
-    handle.notes = check_combinable(uses)
-    return handle
+    return install_patch(unet, layers, build_patch(layers, concepts))

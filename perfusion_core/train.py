@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .concept import Concept
 from .errors import TrainingError
-from .files import save_concept, save_tensors
+from .files import read_safetensors, save_concept, save_tensors
 from .layers import CrossAttentionLayer, cross_attention_layers
 from .objective import DiffusionObjective
 from .patch import ConceptUse, PatchHandle, build_patch, install_patch
@@ -80,6 +80,9 @@ class TrainingHost(Protocol):
     def sample(self, prompts: list[str], seeds: list[int], embeddings: list[Tensor]) -> Tensor:
         """Preview images `(N, 3, H, W)` in [0, 1] with the UNet as currently patched."""
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute UNet activations in the backward pass (less memory, more time)."""
+
 
 @dataclass
 class TrainSettings:
@@ -103,6 +106,7 @@ class TrainSettings:
     preview_prompts: tuple[str, ...] = ("a photo of a {}",)
     preview_seeds: tuple[int, ...] = (0,)
     templates: tuple[str, ...] = TEMPLATES
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.grad_accum = self.grad_accum or math.ceil(16 / self.batch_size)
@@ -315,6 +319,10 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------------
 
+    def _parameter_names(self) -> list[str]:
+        """State-file names of the optimizer's parameters, in its order."""
+        return [*(f"target.{n}" for n in self.targets), *(f"embedding.{k}" for k in range(len(self.embeddings)))]
+
     def save(self) -> None:
         """Write the lean concept file and the full training state beside it, both atomically."""
         s = self.settings
@@ -324,7 +332,7 @@ class Trainer:
             **{f"embedding.{k}": e for k, e in enumerate(self.embeddings)},
             **{f"target.{name}": t for name, t in self.targets.items()},
         }
-        names = [*(f"target.{n}" for n in self.targets), *(f"embedding.{k}" for k in range(len(self.embeddings)))]
+        names = self._parameter_names()
         for k, entry in self.optimizer.state_dict()["state"].items():
             for key, value in entry.items():
                 tensors[f"optimizer.{names[k]}.{key}"] = torch.as_tensor(value)
@@ -339,8 +347,6 @@ class Trainer:
         state_path = state_path_for(path)
         if not state_path.is_file():
             raise TrainingError(f"no training state {state_path.name} beside {Path(path).name}: cannot resume")
-        from .files import read_safetensors  # the same checked reader as concept files
-
         _, metadata = read_safetensors(state_path)
         if metadata.get("perfusion.state_format") != str(STATE_FORMAT):
             raise TrainingError(f"{state_path.name} is not a perfusion training state of format {STATE_FORMAT}")
@@ -357,11 +363,10 @@ class Trainer:
         trainer.targets = {layer.name: tensors[f"target.{layer.name}"].requires_grad_(True)
                            for layer in trainer.layers}
         trainer._make_optimizer()
-        names = [*(f"target.{n}" for n in trainer.targets), *(f"embedding.{k}" for k in range(len(trainer.embeddings)))]
         state = trainer.optimizer.state_dict()
         state["state"] = {
             k: {key.rsplit(".", 1)[1]: value for key, value in tensors.items() if key.startswith(f"optimizer.{name}.")}
-            for k, name in enumerate(names)
+            for k, name in enumerate(trainer._parameter_names())
         }
         trainer.optimizer.load_state_dict(state)
         return trainer
@@ -390,6 +395,8 @@ class Trainer:
         s = self.settings
         self.on_preview = on_preview
         self._prepare(moment_progress)
+        if s.gradient_checkpointing:
+            self.host.set_gradient_checkpointing(True)
         handle = install_patch(self.host.unet, self.layers, {})  # each micro-step sets the current patch
         start, first_step = time.monotonic(), self.step
         try:
@@ -412,5 +419,7 @@ class Trainer:
                     progress(StepInfo(self.step, s.steps, loss, elapsed, rate * (s.steps - self.step)))
         finally:
             handle.remove()
+            if s.gradient_checkpointing:
+                self.host.set_gradient_checkpointing(False)
         self.save()
         return TrainResult(self.concept(), self.losses, self.previews, self.concept_path, self.state_path)

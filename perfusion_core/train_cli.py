@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--no-flip", action="store_true", help="no horizontal flips (asymmetric objects)")
     recipe.add_argument("--mask-floor", type=float, default=0.0, help="loss weight outside the alpha mask (0)")
     recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% more time")
     run = parser.add_argument_group("run")
     run.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (100; 0: end only)")
     run.add_argument("--preview-every", type=int, default=0, help="preview images every N steps (0: none)")
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> None:
             lr_embedding=args.lr_embedding, batch_size=args.batch_size, grad_accum=args.grad_accum,
             beta=args.beta, tau=args.tau, flip=0.0 if args.no_flip else 0.5, mask_floor=args.mask_floor,
             seed=args.seed, save_every=args.save_every, preview_every=args.preview_every,
+            gradient_checkpointing=args.gradient_checkpointing,
             **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
         )
         trainer = Trainer(host, data, settings, out)

@@ -153,3 +153,14 @@ def test_identical_concepts_cannot_be_combined(setup):
 def test_bad_temperature_is_refused():
     with pytest.raises(PerfusionError, match="tau"):
         GateSettings(tau=0)
+
+
+def test_concepts_trained_against_different_c_still_give_a_projector(setup):
+    g, _, inputs, _ = _correlated(setup, n=2)
+    own_c = [torch.linalg.inv(random_spd(D, g)) for _ in range(2)]  # each concept's own C⁻¹
+    vs = torch.stack([c_inv @ i for c_inv, i in zip(own_c, inputs, strict=True)])
+    projector = JointProjector(inputs, vs, [GateSettings()] * 2)
+    assert torch.allclose(projector.project(inputs), inputs.float(), atol=1e-4)
+    e = torch.randn(20, D, generator=g, dtype=torch.float64)
+    pe = projector.project(e)
+    assert torch.allclose(projector.project(pe), pe, atol=1e-4)

@@ -159,3 +159,45 @@ def test_loss_falls_when_overfitting_a_fixed_batch(sd1_folder, tmp_path):
     trainer._draw = draw
     losses = trainer.run().losses
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10  # measured: 1.08 -> 0.75
+
+
+def test_gradient_checkpointing_gives_the_same_step(sd1_folder, tmp_path):
+    data = TrainingData(random_images(2))
+    plain = Trainer(_host(sd1_folder, tmp_path), data, _settings(steps=2), tmp_path / "a.safetensors").run()
+    host = _host(sd1_folder, tmp_path)
+    checkpointed = Trainer(host, data, _settings(steps=2, gradient_checkpointing=True),
+                           tmp_path / "b.safetensors").run()
+    assert not host.unet.is_gradient_checkpointing
+    a, b = plain.concept, checkpointed.concept
+    assert all(torch.allclose(a.o_v[n], b.o_v[n], atol=1e-5) for n in a.o_v)
+
+
+def test_command_line_resume_equals_one_run(sd1_folder, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from perfusion_core.images import save_png
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, image in enumerate(random_images(2)):
+        save_png(image, images / f"{k}.png")
+    env = {"PERFUSION_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(CAPTIONS))
+
+    def train(out, *extra):
+        cmd = [sys.executable, "-m", "perfusion_core", "train", "--model", str(sd1_folder), "--images", str(images),
+               "--superclass", "teddy", "--token", "hugsy", "--out", str(out), "--batch-size", "2",
+               "--grad-accum", "1", "--captions", str(captions), *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    train(tmp_path / "whole.safetensors", "--steps", "4")
+    train(tmp_path / "part.safetensors", "--steps", "2")
+    done = train(tmp_path / "part.safetensors", "--steps", "4", "--resume", str(tmp_path / "part.state.safetensors"))
+    assert "4/4" in done.stderr and (tmp_path / "part.loss.png").is_file()
+    a, b = load_concept(tmp_path / "whole.safetensors"), load_concept(tmp_path / "part.safetensors")
+    assert torch.equal(a.i_star, b.i_star) and all(torch.equal(a.o_v[n], b.o_v[n]) for n in a.o_v)
