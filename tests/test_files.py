@@ -214,3 +214,13 @@ def test_tiny_unet_family_agrees_with_file(tmp_path):
     layers = cross_attention_layers(tiny_unet("sd2"))
     loaded = load_concept(save_concept(random_concept(layers), tmp_path / "sd2.safetensors"))
     assert loaded.family == "sd2" and loaded.context_dim == 1024
+
+
+def test_sdxl_layer_names_are_the_sgm_names():
+    sgm = {f"{block}.1.transformer_blocks.{k}.attn2"
+           for blocks, depth in ((("input_blocks.4", "input_blocks.5", "output_blocks.3", "output_blocks.4",
+                                   "output_blocks.5"), 2),
+                                 (("input_blocks.7", "input_blocks.8", "middle_block", "output_blocks.0",
+                                   "output_blocks.1", "output_blocks.2"), 10))
+           for block in blocks for k in range(depth)}
+    assert {layer.name for layer in _real_layers("sdxl")} == sgm
