@@ -1,0 +1,118 @@
+"""Install a joint Perfusion patch on a ComfyUI `ModelPatcher`, per clone.
+
+Each cross-attention `to_k` / `to_v` is replaced, through the clone's object patches only, by a
+shallow copy of the host's own Linear whose forward runs the core's `GatedProjection` around the
+host's forward. The copy shares the host's parameters, so LoRA and other weight patches keyed by the
+host's path still reach it; ComfyUI's per-module load flags are dropped from the copy so that it is
+loaded and weight-patched on its own terms. Nothing touches the shared module: a run without the patch
+sees the model exactly as before.
+
+Global locking: the CLIP returned by Apply Perfusion attaches the prompt encoded with the superclass
+word as a model condition; a diffusion-model wrapper hands it to an attn2 patch, which makes the K
+pathway read it while V reads the concept prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import comfy.patcher_extension
+from torch import Tensor, nn
+
+from ..perfusion_core import ConceptUse, GatedProjection, PerfusionError, build_patch, cross_attention_layers
+from ..perfusion_core.patch import as_uses
+
+ATTACHMENT = "perfusion"
+SUPERCLASS_CONTEXT = "perfusion_superclass"
+"""Model-condition / transformer-option key of the prompt encoded with the superclass word."""
+_HOST = "_perfusion_host"
+_LOAD_FLAGS = ("comfy_patched_weights", "prev_comfy_cast_weights")
+
+
+def current_uses(model) -> list[ConceptUse]:
+    """The concepts already applied to `model` by earlier Apply Perfusion nodes."""
+    return list(model.get_attachment(ATTACHMENT) or ())
+
+
+def host_module(module: nn.Module) -> nn.Module:
+    """The host's own module behind one of our patched copies (or `module` itself)."""
+    return module.__dict__.get(_HOST, module)
+
+
+def patched_projection(host: nn.Module, projection: GatedProjection) -> nn.Module:
+    """A shallow copy of `host` whose forward is `projection` around the host's own forward."""
+    patched = copy.copy(host)
+    state = patched.__dict__
+    if "prev_comfy_cast_weights" in state:  # copied mid-load: keep the host's own casting setting
+        state["comfy_cast_weights"] = state["prev_comfy_cast_weights"]
+    for flag in _LOAD_FLAGS:
+        state.pop(flag, None)
+    for name in ("weight_function", "bias_function"):
+        if isinstance(state.get(name), list):
+            state[name] = []
+    host_forward = type(host).forward
+
+    def forward(x: Tensor, *args, **kwargs) -> Tensor:
+        return projection(lambda y: host_forward(patched, y, *args, **kwargs), x)
+
+    state["forward"] = forward
+    state[_HOST] = host  # a plain attribute, not a child module: the parameter paths stay the host's
+    return patched
+
+
+def _superclass_keys(n: Tensor, context: Tensor, value: Tensor, extra_options: dict):
+    """attn2 patch: K reads the superclass prompt, V keeps the concept prompt."""
+    superclass = extra_options.get(SUPERCLASS_CONTEXT)
+    if superclass is None:  # a prompt encoded without the trigger word: it is its own superclass prompt
+        return n, context, value
+    if superclass.shape != context.shape:
+        raise PerfusionError(
+            f"global locking: the superclass prompt has shape {tuple(superclass.shape)} but the prompt has "
+            f"{tuple(context.shape)}; conditioning was concatenated or edited after CLIPTextEncode. Encode the "
+            "final prompt with the CLIP from Apply Perfusion, or use lock 'local'"
+        )
+    return n, superclass.to(context), value
+
+
+def _carry_superclass(executor: Callable, *args, **kwargs):
+    """Diffusion-model wrapper: move the superclass context from the model kwargs to transformer_options."""
+    superclass = kwargs.pop(SUPERCLASS_CONTEXT, None)
+    if superclass is not None:
+        args = list(args)
+        if len(args) > 5:
+            args[5] = {**args[5], SUPERCLASS_CONTEXT: superclass}
+        else:
+            kwargs["transformer_options"] = {**kwargs.get("transformer_options", {}), SUPERCLASS_CONTEXT: superclass}
+    return executor(*args, **kwargs)
+
+
+def _set_global_lock(clone, enabled: bool) -> None:
+    kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    clone.remove_wrappers_with_key(kind, ATTACHMENT)
+    patches = clone.model_options["transformer_options"].get("patches", {})
+    if _superclass_keys in patches.get("attn2_patch", []):
+        patches["attn2_patch"] = [p for p in patches["attn2_patch"] if p is not _superclass_keys]
+    if enabled:
+        clone.add_wrapper_with_key(kind, ATTACHMENT, _carry_superclass)
+        clone.set_model_attn2_patch(_superclass_keys)
+
+
+def apply_uses(model, uses: Sequence[ConceptUse]):
+    """A clone of `model` carrying the joint patch of `uses` (the earlier Perfusion patch is replaced)."""
+    uses = as_uses(uses)
+    layers = cross_attention_layers(model.get_model_object("diffusion_model"))
+    patches = build_patch(layers, uses)
+    clone = model.clone()
+    for layer in layers:
+        patch = patches[layer.name]
+        for side, projection in (("to_k", patch.key), ("to_v", patch.value)):
+            key = f"diffusion_model.{layer.path}.{side}"
+            host = host_module(clone.get_model_object(key))
+            if projection is None:
+                clone.object_patches.pop(key, None)
+            else:
+                clone.add_object_patch(key, patched_projection(host, projection))
+    clone.set_attachments(ATTACHMENT, tuple(uses))
+    _set_global_lock(clone, any(use.lock == "global" for use in uses))
+    return clone

@@ -1,0 +1,103 @@
+"""Build a random-weight SD1.5-shaped checkpoint and a kohya-style LoRA for it, with ComfyUI's own classes.
+
+Run with ComfyUI's interpreter from its folder: `python build_checkpoint.py OUT_DIR`. Writes
+`OUT_DIR/tiny-sd15.safetensors`, `OUT_DIR/tiny-lora-a.safetensors` and `OUT_DIR/tiny-lora-b.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from comfy.cli_args import args
+from safetensors.torch import save_file
+
+args.cpu = True  # before comfy.model_management is imported: no accelerator is probed
+
+import comfy.ops  # noqa: E402
+import comfy.sd1_clip  # noqa: E402
+import comfy.taesd.taesd  # noqa: E402
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+
+
+def attn2_widths(unet: torch.nn.Module) -> dict[str, int]:
+    """Cross-attention layer name -> value width, for building test concepts outside ComfyUI."""
+    return {name: m.to_v.weight.shape[0] for name, m in unet.named_modules() if name.endswith("attn2")}
+
+
+def unet_state() -> dict[str, torch.Tensor]:
+    """A small UNet that ComfyUI detects as SD1.x: model_channels 320, context 768."""
+    unet = UNetModel(
+        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1, 1],
+        channel_mult=[1, 2], num_heads=8, use_spatial_transformer=True, transformer_depth=[1, 1],
+        context_dim=768, use_linear_in_transformer=False, transformer_depth_output=[1, 1, 1, 1],
+        transformer_depth_middle=1, operations=comfy.ops.disable_weight_init,
+    )
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else 1
+            p.copy_(torch.randn_like(p) / fan_in**0.5 if p.ndim > 1 else torch.randn_like(p) * 0.02)
+            if name.endswith("norm.weight") or name.endswith("norm1.weight") or ".norm" in name and "weight" in name:
+                p.fill_(1.0)
+    LAYERS.update(attn2_widths(unet))
+    return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
+
+
+def clip_state() -> dict[str, torch.Tensor]:
+    clip = comfy.sd1_clip.SDClipModel(dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in clip.named_parameters():
+            if "layer_norm" in name or "final_layer_norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif p.ndim > 1:
+                p.copy_(torch.randn_like(p) * 0.02)
+            else:
+                p.zero_()
+    state = clip.transformer.state_dict()
+    return {f"cond_stage_model.transformer.{k}": v for k, v in state.items()}
+
+
+def vae_state() -> dict[str, torch.Tensor]:
+    taesd = comfy.taesd.taesd.TAESD()  # comfy ops leave weights uninitialised
+    with torch.no_grad():
+        for name, p in taesd.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn_like(p) / p[0].numel() ** 0.5)
+            elif name not in ("vae_scale",):
+                p.zero_()
+        last = taesd.taesd_decoder[-1]
+        last.weight.mul_(0.5)  # random TAESD saturates: scale its last conv so pixels sit mid-grey
+        last.bias.fill_(0.5)
+    return {f"first_stage_model.{k}": v for k, v in taesd.state_dict().items()}
+
+
+def lora_state(unet_keys: list[str], seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A kohya-style LoRA on every cross-attention to_k / to_v (and attn1 to_q)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key in unet_keys:
+        if not key.endswith(("attn2.to_k.weight", "attn2.to_v.weight", "attn1.to_q.weight")):
+            continue
+        path = key.removeprefix("model.diffusion_model.").removesuffix(".weight")
+        name = "lora_unet_" + path.replace(".", "_")
+        shape = STATE[key].shape
+        out[f"{name}.lora_down.weight"] = torch.randn(rank, shape[1], generator=g) * 0.1
+        out[f"{name}.lora_up.weight"] = torch.randn(shape[0], rank, generator=g) * 0.1
+        out[f"{name}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    target.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    LAYERS: dict[str, int] = {}
+    STATE = {**unet_state(), **clip_state(), **vae_state()}
+    half = {k: v.half() if v.is_floating_point() else v for k, v in STATE.items()}
+    save_file(half, str(target / "tiny-sd15.safetensors.tmp"))
+    for seed, name in ((1, "a"), (2, "b")):
+        save_file(lora_state(list(STATE), seed), str(target / f"tiny-lora-{name}.safetensors"))
+    (target / "tiny-sd15.layers.json").write_text(json.dumps(LAYERS))
+    (target / "tiny-sd15.safetensors.tmp").rename(target / "tiny-sd15.safetensors")

@@ -1,0 +1,186 @@
+"""Start a headless ComfyUI with this pack linked in, and drive it through its HTTP API."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_NAME = "perfusion"
+
+
+def comfyui_path() -> Path | None:
+    path = os.environ.get("COMFYUI_PATH")
+    return Path(path).resolve() if path else None
+
+
+def comfyui_python() -> str:
+    return os.environ.get("COMFYUI_PYTHON", sys.executable)
+
+
+def cache_dir() -> Path:
+    """Checkpoints and second moments built for the tests, kept between runs, outside the repository."""
+    path = Path(os.environ.get("PERFUSION_TEST_CACHE") or Path.home() / ".cache" / "perfusion-comfyui-tests")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_checkpoint() -> Path:
+    """The random-weight SD1.5-shaped checkpoint and its LoRAs (built once with ComfyUI's own classes)."""
+    target = cache_dir() / "models"
+    if not (target / "tiny-sd15.safetensors").is_file():
+        env = {**os.environ, "PYTHONPATH": str(comfyui_path())}
+        subprocess.run([comfyui_python(), str(Path(__file__).with_name("build_checkpoint.py")), str(target)],
+                       cwd=comfyui_path(), env=env, check=True, timeout=600)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyError(RuntimeError):
+    """A prompt that ComfyUI refused or that failed while executing."""
+
+    def __init__(self, message: str, details: dict) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass
+class ComfyServer:
+    """One ComfyUI process on 127.0.0.1 with a throwaway base directory."""
+
+    base: Path
+    port: int = field(default_factory=free_port)
+    threads: int = 1
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "server.log"
+
+    @property
+    def perfusion_dir(self) -> Path:
+        return self.base / "models" / "perfusion"
+
+    def prepare(self) -> None:
+        for sub in ("custom_nodes", "models/checkpoints", "models/loras", "models/perfusion", "input", "output"):
+            (self.base / sub).mkdir(parents=True, exist_ok=True)
+        link = self.base / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        models = test_checkpoint()
+        for name in ("tiny-sd15.safetensors",):
+            _link(models / name, self.base / "models" / "checkpoints" / name)
+        for name in ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors"):
+            _link(models / name, self.base / "models" / "loras" / name)
+
+    def start(self, timeout: float = 120) -> ComfyServer:
+        self.prepare()
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "PERFUSION_CACHE": str(cache_dir() / "second-moments")}
+        script = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); sys.argv = ['main.py', *sys.argv[2:]]; "
+                  "sys.path.insert(0, '.'); import runpy; runpy.run_path('main.py', run_name='__main__')")
+        args = [comfyui_python(), "-c", script, str(self.threads), "--cpu", "--listen", "127.0.0.1",
+                "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
+                "--preview-method", "none"]
+        self.process = subprocess.Popen(args, cwd=comfyui_path(), env=env, stdout=self.log.open("wb"),
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+
+    def request(self, path: str, body: dict | None = None, timeout: float = 60) -> bytes:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.read()
+
+    def get(self, path: str):
+        return json.loads(self.request(path))
+
+    def post(self, path: str, body: dict) -> bytes:
+        return self.request(path, body)
+
+    def submit(self, graph: dict) -> str:
+        try:
+            return json.loads(self.post("/prompt", {"prompt": graph}))["prompt_id"]
+        except urllib.error.HTTPError as e:
+            details = json.loads(e.read() or b"{}")
+            raise ComfyError(f"prompt refused: {json.dumps(details)[:2000]}", details) from None
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        """The history entry of a finished prompt; raises `ComfyError` with the execution error."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("completed") is not None and (
+                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
+                if entry["status"].get("status_str") == "error":
+                    messages = dict(entry["status"].get("messages", []))
+                    error = messages.get("execution_error") or messages.get("execution_interrupted") or {}
+                    raise ComfyError(f"{error.get('exception_type')}: {error.get('exception_message')}", entry)
+                return entry
+            time.sleep(0.1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def run(self, graph: dict, timeout: float = 600) -> dict:
+        return self.wait(self.submit(graph), timeout)
+
+    def images(self, entry: dict, node: str) -> list[bytes]:
+        """The pixels (RGB bytes, metadata left out) of each image a SaveImage / PreviewImage node wrote."""
+        from PIL import Image
+
+        out = []
+        for image in entry["outputs"][node]["images"]:
+            query = urllib.parse.urlencode({k: image[k] for k in ("filename", "subfolder", "type")})
+            out.append(Image.open(io.BytesIO(self.request(f"/view?{query}"))).convert("RGB").tobytes())
+        return out
+
+    def free(self) -> None:
+        self.post("/free", {"unload_models": True, "free_memory": True})
+
+
+def _link(source: Path, target: Path) -> None:
+    if not target.exists():
+        try:
+            target.symlink_to(source)
+        except OSError:
+            shutil.copy2(source, target)

@@ -1,0 +1,160 @@
+"""The node pack against a real ComfyUI (`COMFYUI_PATH`), driven through its HTTP API on CPU, one thread.
+
+Images are compared bit for bit, always between runs that really executed at the same thread count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_path
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(comfyui_path() is None, reason="set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI tests"),
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    from .comfy.graphs import test_concept, write_concept
+
+    with tempfile.TemporaryDirectory(prefix="perfusion-comfyui-") as base:
+        s = ComfyServer(Path(base)).start()
+        try:
+            layers = cache_dir() / "models" / "tiny-sd15.layers.json"
+            for word, seed in (("hugsy", 0), ("wugsy", 1)):
+                write_concept(s.perfusion_dir, word, test_concept(layers, word, seed))
+            write_concept(s.perfusion_dir, "xlsy", test_concept(layers, "xlsy", 2, family="sdxl"))
+            yield s
+        finally:
+            s.stop()
+
+
+_counter = iter(range(10**6))
+
+
+def render(server: ComfyServer, **kwargs) -> str:
+    """Run a sampling graph (forced to execute) and return the hash of the saved PNG."""
+    from .comfy.graphs import sample_graph
+
+    graph = sample_graph(**kwargs)
+    graph["save"]["inputs"]["filename_prefix"] = f"t{next(_counter)}"  # a new output: the graph re-executes
+    entry = server.run(graph)
+    return hashlib.sha256(server.images(entry, "save")[0]).hexdigest()
+
+
+def fresh(server: ComfyServer, **kwargs) -> str:
+    """`render` after `/free`, so that every node and model is loaded anew."""
+    server.free()
+    return render(server, **kwargs)
+
+
+HUGSY = {"name": "hugsy.safetensors"}
+WUGSY = {"name": "wugsy.safetensors"}
+
+
+def test_pack_loads_with_its_nodes(server):
+    info = server.get("/object_info")
+    for node in ("PerfusionLoadConcept", "PerfusionApply", "PerfusionGateSweep"):
+        assert node in info, f"{node} missing; server log:\n{server.log.read_text()[-3000:]}"
+    apply = info["PerfusionApply"]["input"]["required"]
+    assert apply["beta"][1]["default"] == 0.7 and apply["tau"][1]["default"] == 0.15
+    assert all(spec[1].get("tooltip") for spec in apply.values())
+    assert "hugsy.safetensors" in info["PerfusionLoadConcept"]["input"]["required"]["concept_name"][1]["options"]
+    log = server.log.read_text()
+    assert "custom_nodes/perfusion" in log and "(IMPORT FAILED)" not in log
+
+
+def test_apply_changes_the_image_and_leaves_no_trace(server):
+    before = fresh(server)
+    applied = render(server, concepts=(HUGSY,))
+    assert applied != before
+    assert render(server) == before
+    assert fresh(server) == before
+
+
+@pytest.mark.parametrize("apply_first", [False, True], ids=["lora-then-apply", "apply-then-lora"])
+def test_lora_and_concept_equal_the_patch_on_merged_weights(server, apply_first):
+    lora = ("tiny-lora-a.safetensors",)
+    reference = merged_reference(server)
+    plain_lora = fresh(server, loras=lora)
+    # right after a plain LoRA run, after /free, and right after a run with another LoRA
+    assert render(server, loras=lora, concepts=(HUGSY,), apply_first=apply_first) == reference
+    assert fresh(server, loras=lora, concepts=(HUGSY,), apply_first=apply_first) == reference
+    assert render(server, loras=lora) == plain_lora
+    render(server, loras=("tiny-lora-b.safetensors",))
+    assert render(server, loras=lora, concepts=(HUGSY,), apply_first=apply_first) == reference
+    assert render(server, loras=lora) == plain_lora
+
+
+_merged: dict[int, str] = {}
+
+
+def merged_reference(server: ComfyServer) -> str:
+    """LoRA A merged into a checkpoint file (ComfyUI's CheckpointSave), then Apply: the patch on LoRA weights."""
+    if id(server) not in _merged:
+        g = {
+            "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
+            "lora": {"class_type": "LoraLoader", "inputs": {"model": ["ckpt", 0], "clip": ["ckpt", 1],
+                     "lora_name": "tiny-lora-a.safetensors", "strength_model": 1.0, "strength_clip": 1.0}},
+            "save": {"class_type": "CheckpointSave", "inputs": {"model": ["lora", 0], "clip": ["lora", 1],
+                     "vae": ["ckpt", 2], "filename_prefix": "checkpoints/merged"}},
+        }
+        server.run(g)
+        merged = next((server.base / "output" / "checkpoints").glob("merged*.safetensors"))
+        (server.base / "models" / "checkpoints" / "merged.safetensors").symlink_to(merged)
+        server.free()
+        _merged[id(server)] = render(server, concepts=(HUGSY,), checkpoint="merged.safetensors")
+    return _merged[id(server)]
+
+
+def test_chained_concepts_form_one_joint_patch(server):
+    prompt = "a photo of hugsy and wugsy"
+    both = render(server, prompt=prompt, concepts=(HUGSY, WUGSY))
+    assert both not in {render(server, prompt=prompt, concepts=(HUGSY,)), render(server, prompt=prompt)}
+    # applying a concept again replaces it: (hugsy β 0.3, wugsy, hugsy β 0.7) is (wugsy, hugsy β 0.7)
+    again = render(server, prompt=prompt, concepts=({**HUGSY, "beta": 0.3}, WUGSY, HUGSY))
+    assert again == render(server, prompt=prompt, concepts=(WUGSY, HUGSY))
+
+
+def test_global_lock_runs_and_differs_from_local(server):
+    local = render(server, concepts=(HUGSY,))
+    assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.5},)) != local
+    assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.7},)) != local
+
+
+def test_wrong_family_stops_the_run_with_the_core_error(server):
+    with pytest.raises(ComfyError) as error:
+        render(server, concepts=({"name": "xlsy.safetensors"},))
+    assert "IncompatibleConceptError" in str(error.value) and "sdxl" in str(error.value)
+
+
+def test_gate_sweep_renders_one_image_per_beta(server):
+    from .comfy.graphs import sample_graph
+
+    graph = sample_graph()
+    graph["load"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": "hugsy.safetensors"}}
+    graph["sweep"] = {"class_type": "PerfusionGateSweep", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "concept": ["load", 0], "betas": "0.5, 0.7",
+        "tau": 0.15, "strength": 1.0, "lock": "local"}}
+    graph["sample"]["inputs"]["model"] = ["sweep", 0]
+    for node in ("pos", "neg"):
+        graph[node]["inputs"]["clip"] = ["sweep", 1]
+    graph["save"]["inputs"]["filename_prefix"] = "sweep"
+    entry = server.run(graph)
+    images = server.images(entry, "save")
+    assert len(images) == 2 and images[0] != images[1]
+    single = render(server, concepts=({**HUGSY, "beta": 0.7},))
+    assert hashlib.sha256(images[1]).hexdigest() == single
+
+
+def test_loader_route_describes_a_concept(server):
+    info = server.get("/perfusion/concept?name=hugsy.safetensors")
+    assert (info["word"], info["superclass"], info["family"]) == ("hugsy", "teddy", "sd1")
+    script = server.request("/extensions/perfusion/perfusion.js").decode()
+    assert "PerfusionLoadConcept" in script
