@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .captions import load_captions
 from .images import image_grid, load_image_folder, loss_curve, save_png
 from .train import StepInfo, Trainer, TrainingData, TrainSettings
 
@@ -49,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--preview-prompt", action="append", help="preview prompt with {} for the word (repeatable)")
     run.add_argument("--resume", metavar="FILE", help="continue from a concept or .state.safetensors file")
     run.add_argument("--captions", help="caption file for the text statistics C (default: the shipped corpus)")
+    run.add_argument("--caption-count", type=int, default=0,
+                     help="use only the first N captions for C (0: all; C is computed once per encoder and cached)")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
 
 
@@ -77,7 +80,8 @@ def _moment_progress(done: int, total: int) -> None:
 def run(args: argparse.Namespace) -> None:
     from .diffusers_host import DiffusersHost
 
-    host = DiffusersHost(args.model, device=args.device, captions=args.captions)
+    captions = load_captions(args.captions)
+    host = DiffusersHost(args.model, device=args.device, captions=captions[: args.caption_count or None])
     images, masks = load_image_folder(args.images, host.resolution)
     data = TrainingData(images, masks)
     out = Path(args.out)
