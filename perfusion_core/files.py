@@ -128,7 +128,9 @@ def save_concept(concept: Concept, path: str | os.PathLike) -> Path:
 
 
 def _refuse_pickle(path: Path, head: bytes) -> None:
-    if path.suffix.lower() in _PICKLE_SUFFIXES or head.startswith((b"PK\x03\x04", b"\x80")):
+    # a safetensors file starts with its header length (whose first byte may be 0x80) and then "{"
+    pickled = head.startswith(b"PK\x03\x04") or (head.startswith(b"\x80") and head[8:9] != b"{")
+    if path.suffix.lower() in _PICKLE_SUFFIXES or pickled:
         raise ConceptFileError(
             f"{path.name} is a pickle-based file ({path.suffix or 'pickle data'}); perfusion never unpickles "
             f"files. Convert it once with: python -m perfusion_core convert {path.name} OUT.safetensors"
@@ -144,7 +146,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
     if size > MAX_FILE_BYTES:
         raise ConceptFileError(f"{path.name} is {size >> 20} MB, far too large for a concept file: wrong file?")
     data = path.read_bytes()
-    _refuse_pickle(path, data[:4])
+    _refuse_pickle(path, data[:9])
     if len(data) < 8:
         raise ConceptFileError(f"{path.name} is truncated ({len(data)} bytes): copy or download it again")
     header_len = int.from_bytes(data[:8], "little")

@@ -83,7 +83,7 @@ def weights_key(modules: Iterable[nn.Module], layer: str, captions: Sequence[str
     for module in modules:
         for name, t in sorted(module.state_dict().items()):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too
     return h.hexdigest()[:32]
 
 

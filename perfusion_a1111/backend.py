@@ -1,0 +1,116 @@
+"""What the glue needs of the loaded model, on A1111, reForge and Forge: its UNet, its text-encoder layer,
+and the embedding database where a concept word is registered."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from modules import devices, shared
+from torch import Tensor, nn
+
+from perfusion_core import Concept, IncompatibleConceptError, PerfusionError
+
+
+def is_forge(sd_model) -> bool:
+    """Forge and reForge sample through a per-batch clone of `forge_objects.unet`."""
+    return hasattr(sd_model, "forge_objects")
+
+
+def unet_of(sd_model) -> nn.Module:
+    """The diffusion model whose `attn2.to_k`/`to_v` receive the context."""
+    if is_forge(sd_model):
+        return sd_model.forge_objects.unet.model.diffusion_model
+    model = getattr(sd_model, "model", None)
+    unet = getattr(model, "diffusion_model", None)
+    if unet is None:
+        raise PerfusionError(f"{type(sd_model).__name__} has no model.diffusion_model: unsupported model type")
+    return unet
+
+
+def skip_layer_name(skip: int) -> str:
+    """The text-encoder layer a CLIP skip of `skip` reads, named as concept files record it."""
+    return {1: "last", 2: "penultimate"}.get(skip, f"last-{skip - 1}")
+
+
+def text_encoder_layer(sd_model) -> str:
+    """The text-encoder layer this model's cross-attention reads under the current settings."""
+    skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
+    if getattr(sd_model, "is_sdxl", False):
+        clip_l_follows_skip = getattr(shared.opts, "sdxl_clip_l_skip", False)
+        return "penultimate" if not clip_l_follows_skip or skip == 2 else f"clip_l {skip_layer_name(skip)}"
+    if getattr(sd_model, "is_sd2", False):
+        return "penultimate"  # SD2's OpenCLIP layer comes from the model config, not from CLIP skip
+    return skip_layer_name(skip)
+
+
+def text_encoder_count(sd_model) -> int:
+    return 2 if getattr(sd_model, "is_sdxl", False) else 1
+
+
+def check_embeddings(concept: Concept, sd_model) -> None:
+    """Refuse a concept whose word embeddings do not fit this model's text encoders."""
+    expected = text_encoder_count(sd_model)
+    if len(concept.embeddings) != expected:
+        raise IncompatibleConceptError(
+            f"concept '{concept.name}' has {len(concept.embeddings)} word embedding(s) but this model has "
+            f"{expected} text encoder(s): it was trained for another base model"
+        )
+
+
+def _embedding_db():
+    from modules import sd_hijack
+
+    return getattr(sd_hijack.model_hijack, "embedding_db", None)
+
+
+def _forge_engines(sd_model) -> list:
+    engines = [getattr(sd_model, n, None) for n in ("text_processing_engine", "text_processing_engine_l",
+                                                   "text_processing_engine_g")]
+    return [e for e in engines if e is not None]
+
+
+def register_word(sd_model, word: str, vectors: Sequence[Tensor], filename: str) -> list:
+    """Make `word` stand for one token with `vectors` (one per text encoder; gradients flow through them).
+
+    Returns the registered embedding objects, to unregister exactly those later.
+    """
+    vecs = [v.to(devices.device, torch.float32)[None] for v in vectors]
+    db = _embedding_db()
+    if db is not None:  # A1111 and reForge
+        from modules.textual_inversion.textual_inversion import Embedding
+
+        embedding = Embedding(vecs[0] if len(vecs) == 1 else {"clip_l": vecs[0], "clip_g": vecs[1]}, word)
+        embedding.vectors, embedding.shape, embedding.filename = 1, sum(v.shape[-1] for v in vecs), filename
+        db.register_embedding(embedding, sd_model)
+        return [embedding]
+    from backend.text_processing.textual_inversion import Embedding  # Forge
+
+    registered = []
+    for engine, vec in zip(_forge_engines(sd_model), vecs, strict=True):
+        embedding = Embedding(vec, word)
+        embedding.vectors, embedding.shape, embedding.filename = 1, vec.shape[-1], filename
+        engine.embeddings.register_embedding(embedding)
+        registered.append(embedding)
+    return registered
+
+
+def unregister_word(sd_model, word: str, registered: list) -> None:
+    """Remove `word` from the embedding database(s) if it is still one of `registered` there."""
+    db = _embedding_db()
+    if db is not None:
+        if db.word_embeddings.get(word) in registered:
+            db.register_embedding_by_name(None, sd_model, word)
+        return
+    for engine in _forge_engines(sd_model):
+        if engine.embeddings.word_embeddings.get(word) in registered:
+            engine.embeddings.register_embedding_by_name(None, word)
+
+
+def reset_cond_cache() -> None:
+    """Forget cached prompt conditioning, computed with a concept word's former embedding."""
+    from modules.processing import StableDiffusionProcessing
+
+    # in place: every processing object holds references to these two class-level lists
+    StableDiffusionProcessing.cached_c[:] = [None, None]
+    StableDiffusionProcessing.cached_uc[:] = [None, None]

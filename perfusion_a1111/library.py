@@ -1,0 +1,151 @@
+"""The folder of concept files (`models/perfusion`): listing, lookup by name or hash, cached loading."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+from perfusion_core import Concept, PerfusionError, load_concept
+
+from .tags import TAG
+
+SUFFIX = ".safetensors"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@dataclass
+class ConceptFile:
+    """A concept file on disk, known by its header metadata (the tensors are read only by `load`)."""
+
+    name: str  # path below the folder without the suffix, '/'-separated: what the prompt tag names
+    path: Path
+    metadata: dict[str, str]
+    _hash: tuple[tuple[int, int], str] | None = field(default=None, repr=False)
+
+    @property
+    def word(self) -> str:
+        return self.metadata.get("perfusion.concept_word", "")
+
+    @property
+    def superclass(self) -> str:
+        return self.metadata.get("perfusion.superclass_word", "")
+
+    @property
+    def family(self) -> str:
+        return self.metadata.get("perfusion.family", "")
+
+    @property
+    def description(self) -> str:
+        return self.metadata.get("modelspec.description", "")
+
+    @property
+    def thumbnail(self) -> str:
+        """A `data:image/...` URI stored in the file, or empty."""
+        thumb = self.metadata.get("modelspec.thumbnail", "")
+        return thumb if thumb.startswith("data:image/") else ""
+
+    @property
+    def shorthash(self) -> str:
+        """The first 12 hex digits of the file's SHA-256 (recomputed when the file changes)."""
+        stamp = _stamp(self.path)
+        if self._hash is None or self._hash[0] != stamp:
+            self._hash = (stamp, hashlib.sha256(self.path.read_bytes()).hexdigest()[:12])
+        return self._hash[1]
+
+    @property
+    def summary(self) -> str:
+        """The card's default description: what the concept is and which base model it is for."""
+        what = f"{self.word}, a {self.superclass}" if self.superclass else self.word
+        text = f"{what} ({self.family})"
+        return f"{text}: {self.description}" if self.description else text
+
+    def card_prompt(self, beta: float) -> str:
+        """What a click on the card inserts: the tag, and the concept word the tag does not add."""
+        return f"<{TAG}:{self.name}:{beta:g}> {self.word}"
+
+    def card_metadata(self) -> dict[str, str]:
+        """What a card shows in its metadata view."""
+        shown = {
+            "trigger word": self.word,
+            "superclass": self.superclass,
+            "base model": self.family,
+            "context width": self.metadata.get("perfusion.context_dim", ""),
+            "text-encoder layer": self.metadata.get("perfusion.text_encoder_layer", ""),
+            "created": self.metadata.get("perfusion.created_at", ""),
+            "description": self.description,
+        }
+        shown |= {f"training {k.removeprefix('perfusion.train.')}": v for k, v in self.metadata.items()
+                  if k.startswith("perfusion.train.")}
+        return {k: v for k, v in shown.items() if v}
+
+
+def read_header(path: Path) -> dict[str, str] | None:
+    """The metadata of a perfusion concept file, or None for any other or unreadable file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # a foreign or damaged file is simply not listed
+        return None
+    return metadata if "perfusion.concept_word" in metadata else None
+
+
+class ConceptLibrary:
+    """Concept files below one folder; `load` caches each concept until its file changes."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.files: dict[str, ConceptFile] = {}
+        self._loaded: dict[Path, tuple[tuple[int, int], Concept]] = {}
+
+    def refresh(self) -> None:
+        """Rescan the folder (recursively); files that are not concepts (training states, LoRAs) are skipped."""
+        found: dict[str, ConceptFile] = {}
+        if self.folder.is_dir():
+            for path in sorted(self.folder.rglob(f"*{SUFFIX}")):
+                metadata = read_header(path)
+                if metadata is not None:
+                    name = path.relative_to(self.folder).as_posix().removesuffix(SUFFIX)
+                    old = self.files.get(name)
+                    found[name] = ConceptFile(name, path, metadata, old._hash if old else None)
+        self.files = found
+
+    def find(self, name: str) -> ConceptFile:
+        """The file a tag names: its path below the folder, or its bare file name when that is unique."""
+        for attempt in range(2):
+            if name in self.files:
+                return self.files[name]
+            by_stem = [f for f in self.files.values() if f.name.rsplit("/", 1)[-1] == name]
+            if len(by_stem) == 1:
+                return by_stem[0]
+            if len(by_stem) > 1:
+                raise PerfusionError(
+                    f"perfusion concept '{name}' is ambiguous: {', '.join(f.name for f in by_stem)}; "
+                    "write the folder too"
+                )
+            if attempt == 0:
+                self.refresh()
+        known = ", ".join(sorted(self.files)[:12]) or "none"
+        raise PerfusionError(
+            f"perfusion concept '{name}' not found in {self.folder} (known: {known}): check the name in "
+            f"<perfusion:{name}:...>, or put {name}{SUFFIX} into that folder"
+        )
+
+    def by_hash(self, shorthash: str) -> ConceptFile | None:
+        return next((f for f in self.files.values() if f.shorthash == shorthash), None)
+
+    def load(self, file: ConceptFile) -> Concept:
+        """The concept in `file`, read again only when the file has changed since the last load."""
+        stamp = _stamp(file.path)
+        cached = self._loaded.get(file.path)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, load_concept(file.path))
+            self._loaded[file.path] = cached
+        return cached[1]

@@ -1,0 +1,174 @@
+"""`<perfusion:...>` as an A1111 extra network: resolve the concepts, register their words, patch the UNet.
+
+On A1111 the patch is `perfusion_core.patch_unet` (forward hooks on every `attn2.to_k`/`to_v`; the host's
+own projection still runs, so Lora and fp8 casting apply). A1111 calls `deactivate` only when sampling
+succeeds, so every `activate` first removes what the previous one installed. `lock=global` adds
+`global_lock.SuperclassContexts`. On Forge and reForge,
+`activate` only records the uses on `p`; `forge.patch_clone` installs them in the per-batch UNet clone.
+An error (unknown name, wrong base model) makes the next UNet call raise it, so the generation stops
+with the message instead of silently running without the concept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules import errors, extra_networks
+from torch import nn
+
+from perfusion_core import (
+    Concept,
+    ConceptUse,
+    PatchHandle,
+    PerfusionError,
+    check_concept,
+    cross_attention_layers,
+    patch_unet,
+)
+from perfusion_core.layers import check_text_encoder_layer
+
+from . import backend
+from .global_lock import SuperclassContexts
+from .library import ConceptFile, ConceptLibrary
+from .tags import TAG, ConceptRequest, format_hashes, format_infotext, parse_hashes, parse_request
+
+USES_ATTRIBUTE = "perfusion_uses"  # on `p`, for the Forge path
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request with the file it names and the loaded concept."""
+
+    request: ConceptRequest
+    file: ConceptFile
+    concept: Concept
+
+    @property
+    def use(self) -> ConceptUse:
+        r = self.request
+        return ConceptUse(self.concept, r.beta, r.tau, r.strength, r.lock)
+
+
+class _RaiseOnCall:
+    """A forward pre-hook that stops the generation with `error` the first time the UNet runs."""
+
+    def __init__(self, error: PerfusionError) -> None:
+        self.error = error
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        raise self.error
+
+
+class PerfusionNetwork(extra_networks.ExtraNetwork):
+    def __init__(self, library: ConceptLibrary) -> None:
+        super().__init__(TAG)
+        self.library = library
+        self.handle: PatchHandle | None = None
+        self.global_lock = SuperclassContexts()
+        self.error_hook = None
+        self.words: dict[str, tuple[Concept, list]] = {}  # word -> (concept, embeddings registered for it)
+
+    def resolve(self, params_list: list, sd_model) -> list[Resolved]:
+        """Parse, find and load every requested concept and check it fits the model."""
+        resolved = []
+        for params in params_list:
+            request = parse_request([str(i) for i in params.positional], params.named)
+            file = self.library.find(request.name)
+            concept = self.library.load(file)
+            resolved.append(Resolved(request, file, concept))
+        if resolved:
+            layers = cross_attention_layers(backend.unet_of(sd_model))
+            layer = backend.text_encoder_layer(sd_model)
+            for r in resolved:
+                check_concept(r.concept, layers)
+                check_text_encoder_layer(r.concept, layer)
+                backend.check_embeddings(r.concept, sd_model)
+                if r.request.lock == "global" and backend.is_forge(sd_model):
+                    raise PerfusionError(
+                        f"<{TAG}:{r.request.name}:...:lock=global> is not available in Forge yet: "
+                        "leave lock out (local key-locking)"
+                    )
+        return resolved
+
+    def activate(self, p, params_list: list) -> None:
+        self.remove_patch()
+        sd_model = getattr(p, "sd_model", None)
+        if sd_model is None:  # A1111 activates with a bare `p` while loading a model
+            return
+        setattr(p, USES_ATTRIBUTE, [])
+        try:
+            resolved = self.resolve(params_list, sd_model)
+        except PerfusionError as error:
+            self.fail(sd_model, error)
+            return
+        self.set_words(sd_model, resolved)
+        if not resolved:
+            return
+        self.record_infotext(p, resolved)
+        uses = [r.use for r in resolved]
+        if backend.is_forge(sd_model):
+            setattr(p, USES_ATTRIBUTE, uses)
+            return
+        unet = backend.unet_of(sd_model)
+        self.handle = patch_unet(unet, uses)
+        global_words = {r.concept.word: r.concept.superclass for r in resolved if r.request.lock == "global"}
+        if global_words:
+            try:
+                self.global_lock.install(sd_model, unet, self.handle, global_words)
+            except PerfusionError as error:
+                self.fail(sd_model, error)
+
+    def fail(self, sd_model, error: PerfusionError) -> None:
+        """Undo this activation and make the coming UNet call raise `error`."""
+        self.remove_patch()
+        self.set_words(sd_model, [])
+        self.error_hook = backend.unet_of(sd_model).register_forward_pre_hook(_RaiseOnCall(error))
+        errors.display(error, "perfusion")
+
+    def deactivate(self, p) -> None:
+        self.unload(getattr(p, "sd_model", None))
+
+    def unload(self, sd_model) -> None:
+        """Remove the hooks and the registered words (after a generation, and before scripts reload)."""
+        self.remove_patch()
+        if sd_model is not None:
+            self.set_words(sd_model, [])
+
+    def set_words(self, sd_model, resolved: list[Resolved]) -> None:
+        """Register the requested concepts' words (again: A1111 clears its embeddings on reload) and
+        unregister the others; forget cached conditioning when a word's embedding changes."""
+        wanted = {r.concept.word: r for r in resolved}
+        changed = False
+        for word, (concept, registered) in list(self.words.items()):
+            if word not in wanted or wanted[word].concept is not concept:
+                backend.unregister_word(sd_model, word, registered)
+                del self.words[word]
+                changed = True
+        for word, r in wanted.items():
+            registered = backend.register_word(sd_model, word, r.concept.embeddings, str(r.file.path))
+            changed |= word not in self.words
+            self.words[word] = (r.concept, registered)
+        if changed:
+            backend.reset_cond_cache()
+
+    @staticmethod
+    def record_infotext(p, resolved: list[Resolved]) -> None:
+        params = p.extra_generation_params
+        hashes = {r.request.name: r.file.shorthash for r in resolved}
+        if getattr(p, "is_hr_pass", False) and "Perfusion" in params:
+            if params["Perfusion"] != format_infotext(r.request for r in resolved):
+                params["Perfusion hires"] = format_infotext(r.request for r in resolved)
+            hashes = {**hashes, **parse_hashes(params.get("Perfusion hashes", ""))}
+        else:
+            params["Perfusion"] = format_infotext(r.request for r in resolved)
+        params["Perfusion hashes"] = format_hashes(hashes)
+
+    def remove_patch(self) -> None:
+        """Remove the hooks of the last activation."""
+        self.global_lock.remove()
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        if self.error_hook is not None:
+            self.error_hook.remove()
+            self.error_hook = None

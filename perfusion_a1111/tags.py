@@ -1,0 +1,109 @@
+"""The `<perfusion:NAME:BETA[:TAU][:tau=..][:strength=..][:lock=global]>` prompt tag and its infotext lines.
+
+Infotext: `Perfusion: hugsy:0.70:0.15, teddy:0.60:0.15:strength=0.80:lock=global` (one entry per concept,
+the same fields as the tag), and `Perfusion hashes: hugsy: 0123456789ab, ...` (file hashes, for pasting).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from perfusion_core import PerfusionError
+from perfusion_core.patch import LOCKS
+
+TAG = "perfusion"
+DEFAULT_BETA = 0.7
+DEFAULT_TAU = 0.15
+_NAMED = ("beta", "tau", "strength", "lock")
+_TAG_NAME = re.compile(rf"<{TAG}:([^:>]+)")
+
+
+@dataclass(frozen=True)
+class ConceptRequest:
+    """One concept as asked for in a prompt: the file name and its runtime settings."""
+
+    name: str
+    beta: float = DEFAULT_BETA
+    tau: float = DEFAULT_TAU
+    strength: float = 1.0
+    lock: str = "local"
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in ":,<>"):
+            raise PerfusionError(f"perfusion concept name {self.name!r} is empty or contains one of : , < >")
+        if not self.tau > 0:
+            raise PerfusionError(f"<{TAG}:{self.name}:...>: tau must be positive, got {self.tau}")
+        if self.lock not in LOCKS:
+            raise PerfusionError(f"<{TAG}:{self.name}:...>: lock must be one of {', '.join(LOCKS)}, got {self.lock!r}")
+
+    def fields(self) -> list[str]:
+        """`name`, β, τ, then only the named settings that differ from their defaults."""
+        items = [self.name, f"{self.beta:.2f}", f"{self.tau:.2f}"]
+        if self.strength != 1.0:
+            items.append(f"strength={self.strength:.2f}")
+        if self.lock != "local":
+            items.append(f"lock={self.lock}")
+        return items
+
+    @property
+    def tag(self) -> str:
+        return f"<{TAG}:{':'.join(self.fields())}>"
+
+
+def _number(name: str, what: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PerfusionError(f"<{TAG}:{name}:...>: {what} must be a number, got {text!r}") from None
+
+
+def parse_request(positional: Sequence[str], named: Mapping[str, str]) -> ConceptRequest:
+    """A request from a tag's arguments, as A1111 splits them: `NAME[:BETA[:TAU]]` plus `key=value` items."""
+    if not positional or not str(positional[0]).strip():
+        raise PerfusionError(f"<{TAG}:...> needs a concept name first, e.g. <{TAG}:hugsy:0.7>")
+    name = str(positional[0]).strip()
+    named = {str(k).strip(): str(v).strip() for k, v in named.items()}
+    if len(positional) > 3:
+        raise PerfusionError(f"<{TAG}:{name}:...>: too many values; use <{TAG}:{name}:BETA:TAU> and key=value")
+    unknown = sorted(set(named) - set(_NAMED))
+    if unknown:
+        raise PerfusionError(f"<{TAG}:{name}:...>: unknown setting {', '.join(unknown)}; known: {', '.join(_NAMED)}")
+    values = dict(zip(("beta", "tau"), positional[1:], strict=False)) | named
+    return ConceptRequest(
+        name=name,
+        beta=_number(name, "beta", values["beta"]) if "beta" in values else DEFAULT_BETA,
+        tau=_number(name, "tau", values["tau"]) if "tau" in values else DEFAULT_TAU,
+        strength=_number(name, "strength", values["strength"]) if "strength" in values else 1.0,
+        lock=str(values.get("lock", "local")).strip(),
+    )
+
+
+def parse_items(items: Sequence[str]) -> ConceptRequest:
+    """A request from colon-separated fields, sorted into positional and `key=value` ones."""
+    positional = [i for i in items if "=" not in i]
+    return parse_request(positional, dict(i.split("=", 1) for i in items if "=" in i))
+
+
+def format_infotext(requests: Iterable[ConceptRequest]) -> str:
+    return ", ".join(":".join(r.fields()) for r in requests)
+
+
+def parse_infotext(text: str) -> list[ConceptRequest]:
+    """The requests of a `Perfusion:` infotext value (the inverse of `format_infotext`)."""
+    return [parse_items([f.strip() for f in entry.split(":")]) for entry in text.split(",") if entry.strip()]
+
+
+def format_hashes(hashes: Mapping[str, str]) -> str:
+    return ", ".join(f"{name}: {short}" for name, short in hashes.items())
+
+
+def parse_hashes(text: str) -> dict[str, str]:
+    pairs = (entry.split(":", 1) for entry in text.split(",") if ":" in entry)
+    return {name.strip(): short.strip() for name, short in pairs}
+
+
+def rename_tags(prompt: str, renames: Mapping[str, str]) -> str:
+    """`prompt` with `<perfusion:OLD` turned into `<perfusion:NEW` for every OLD in `renames`."""
+    return _TAG_NAME.sub(lambda m: f"<{TAG}:{renames.get(m.group(1), m.group(1))}", prompt)

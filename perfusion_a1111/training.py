@@ -1,0 +1,120 @@
+"""One training run from the Train tab or the API: perfusion_core's Trainer on the loaded model, reporting
+through `shared.state` (progress, live loss, preview images, interrupt) and saving into the concept folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from modules import sd_hijack, shared
+from PIL import Image
+
+from perfusion_core import TrainingError
+from perfusion_core.images import image_grid, load_image_folder, save_png
+from perfusion_core.train import StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
+
+from . import backend
+from .host import A1111Host, trainable
+from .library import ConceptLibrary
+
+
+@dataclass
+class TrainRequest:
+    """What the Train tab (or `POST /perfusion/v1/train`) asks for; defaults are the paper's recipe."""
+
+    word: str
+    superclass: str
+    images: str
+    name: str = ""  # file name in the concept folder; default: the word
+    steps: int = 400
+    lr_target: float = 0.03
+    lr_embedding: float = 0.006
+    batch_size: int = 4
+    grad_accum: int = 0
+    beta: float = 0.75
+    tau: float = 0.10
+    seed: int = 0
+    resolution: int = 512
+    save_every: int = 100
+    preview_every: int = 0
+    preview_prompt: str = "a photo of a {}"
+    preview_steps: int = 20
+    resume: bool = False
+    gradient_checkpointing: bool = False
+
+    def settings(self) -> TrainSettings:
+        return TrainSettings(
+            word=self.word.strip(), superclass=self.superclass.strip(), steps=self.steps, lr_target=self.lr_target,
+            lr_embedding=self.lr_embedding, batch_size=self.batch_size, grad_accum=self.grad_accum, beta=self.beta,
+            tau=self.tau, seed=self.seed, save_every=self.save_every, preview_every=self.preview_every,
+            preview_prompts=(self.preview_prompt,), gradient_checkpointing=self.gradient_checkpointing,
+        )
+
+
+@dataclass
+class TrainOutcome:
+    path: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    previews: list[Path] = field(default_factory=list)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
+
+
+class _Reporter:
+    """Trainer callbacks that feed `shared.state` and keep preview images beside the concept file."""
+
+    def __init__(self, concept_path: Path) -> None:
+        self.concept_path = concept_path
+        self.previews: list[Path] = []
+
+    def progress(self, info: StepInfo) -> None:
+        shared.state.job_count = info.steps
+        shared.state.job_no = info.step
+        shared.state.textinfo = (f"Perfusion: step {info.step}/{info.steps}, loss {info.loss:.5f}, "
+                                 f"{info.eta:.0f} s left")
+
+    def preview(self, step: int, images: torch.Tensor) -> None:
+        grid = image_grid(images, columns=len(images))
+        shared.state.assign_current_image(to_pil(grid))
+        # the latest preview also becomes the concept's card image
+        path = save_png(grid, self.concept_path.with_suffix(".preview.png"))
+        self.previews.append(path)
+
+
+def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
+    """Train (or resume) the requested concept on `shared.sd_model`; the caller holds the queue lock."""
+    sd_model = shared.sd_model
+    if sd_model is None:
+        raise TrainingError("no model is loaded: load a checkpoint first")
+    host = A1111Host(sd_model, request.resolution, request.preview_steps)
+    images, masks = load_image_folder(request.images, request.resolution)
+    data = TrainingData(images, masks)
+    out = library.folder / f"{(request.name or request.word).strip()}.safetensors"
+    reporter = _Reporter(out)
+    shared.state.job = "perfusion-train"
+    shared.state.job_count = request.steps
+    keep_optimizations = shared.opts.training_xattention_optimizations
+    if not keep_optimizations:
+        sd_hijack.undo_optimizations()
+    try:
+        with trainable(sd_model):
+            if request.resume:
+                trainer = Trainer.resume(host, data, out, steps=request.steps,
+                                         gradient_checkpointing=request.gradient_checkpointing)
+            else:
+                trainer = Trainer(host, data, request.settings(), out)
+            result: TrainResult = trainer.run(
+                progress=reporter.progress, on_preview=reporter.preview, should_stop=lambda: shared.state.interrupted,
+            )
+    finally:
+        host.release()
+        if not keep_optimizations:
+            sd_hijack.apply_optimizations()
+        backend.reset_cond_cache()
+        library.refresh()
+    return TrainOutcome(result.concept_path, trainer.step, result.losses, reporter.previews)

@@ -1,0 +1,129 @@
+"""The web-UI glue that runs without AUTOMATIC1111: prompt tags, infotext, the concept folder, pasting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perfusion_a1111.library import ConceptLibrary
+from perfusion_a1111.paste import rename_by_hash
+from perfusion_a1111.tags import (
+    ConceptRequest,
+    format_hashes,
+    format_infotext,
+    parse_hashes,
+    parse_infotext,
+    parse_items,
+    parse_request,
+    rename_tags,
+)
+from perfusion_core import PerfusionError, save_concept
+from perfusion_core.files import read_safetensors, save_tensors
+
+from .conftest import random_concept
+
+
+def test_tag_arguments_as_a1111_splits_them():
+    assert parse_request(["hugsy", "0.6"], {}) == ConceptRequest("hugsy", beta=0.6)
+    assert parse_request(["hugsy", "0.6", "0.2"], {}) == ConceptRequest("hugsy", 0.6, 0.2)
+    assert parse_request([" hugsy ", " 0.5 "], {" tau": "0.3 ", "strength": "0.8", "lock": "global"}) == \
+        ConceptRequest("hugsy", 0.5, 0.3, 0.8, "global")
+    assert parse_request(["hugsy"], {}) == ConceptRequest("hugsy", 0.7, 0.15, 1.0, "local")
+    assert parse_items(["hugsy", "0.65", "tau=0.2"]) == ConceptRequest("hugsy", 0.65, 0.2)
+
+
+@pytest.mark.parametrize(("positional", "named", "message"), [
+    ([], {}, "needs a concept name"),
+    (["hugsy", "high"], {}, "beta must be a number"),
+    (["hugsy", "0.7", "0.1", "0.2"], {}, "too many values"),
+    (["hugsy"], {"gate": "1"}, "unknown setting gate"),
+    (["hugsy"], {"tau": "0"}, "tau must be positive"),
+    (["hugsy"], {"lock": "tight"}, "lock must be one of"),
+])
+def test_bad_tags_are_refused_with_the_reason(positional, named, message):
+    with pytest.raises(PerfusionError, match=message):
+        parse_request(positional, named)
+
+
+def test_infotext_round_trips_every_setting():
+    requests = [ConceptRequest("hugsy", 0.7, 0.15), ConceptRequest("sub/teddy", 0.55, 0.2, 0.8, "global")]
+    text = format_infotext(requests)
+    assert text == "hugsy:0.70:0.15, sub/teddy:0.55:0.20:strength=0.80:lock=global"
+    assert parse_infotext(text) == requests
+    assert ConceptRequest("hugsy", 0.7).tag == "<perfusion:hugsy:0.70:0.15>"
+    hashes = {"hugsy": "0123456789ab", "teddy": "ba9876543210"}
+    assert parse_hashes(format_hashes(hashes)) == hashes
+
+
+def test_rename_tags_touches_only_perfusion_tags():
+    prompt = "<perfusion:old:0.7> old and <lora:old:1> <perfusion:other:0.6:tau=0.2>"
+    assert rename_tags(prompt, {"old": "new"}) == "<perfusion:new:0.7> old and <lora:old:1> <perfusion:other:0.6:tau=0.2>"
+
+
+@pytest.fixture
+def folder(tmp_path, sd1_layers):
+    save_concept(random_concept(sd1_layers, "hugsy", seed=0), tmp_path / "hugsy.safetensors")
+    (tmp_path / "pets").mkdir()
+    save_concept(random_concept(sd1_layers, "rex", seed=1), tmp_path / "pets" / "rex.safetensors")
+    (tmp_path / "lora.safetensors").write_bytes(b"not a concept at all")
+    return tmp_path
+
+
+def test_library_lists_concepts_only_and_finds_them_by_path_or_file_name(folder):
+    library = ConceptLibrary(folder)
+    library.refresh()
+    assert sorted(library.files) == ["hugsy", "pets/rex"]
+    assert library.find("rex") is library.files["pets/rex"]
+    assert library.find("pets/rex").word == "rex"
+    with pytest.raises(PerfusionError, match=r"'nope' not found .*known: hugsy, pets/rex"):
+        library.find("nope")
+
+
+def test_library_finds_a_file_added_after_the_last_scan(folder, sd1_layers):
+    library = ConceptLibrary(folder)
+    library.refresh()
+    save_concept(random_concept(sd1_layers, "late", seed=2), folder / "late.safetensors")
+    assert library.find("late").word == "late"
+
+
+def test_library_reloads_a_concept_only_when_its_file_changes(folder, sd1_layers):
+    library = ConceptLibrary(folder)
+    file = library.find("hugsy")
+    first = library.load(file)
+    assert library.load(file) is first
+    old_hash = file.shorthash
+    save_concept(random_concept(sd1_layers, "hugsy", seed=5), folder / "hugsy.safetensors")
+    second = library.load(file)
+    assert second is not first and not (second.i_star == first.i_star).all()
+    assert file.shorthash != old_hash and len(file.shorthash) == 12
+
+
+def test_card_shows_word_superclass_and_base_model(folder):
+    file = ConceptLibrary(folder).find("rex")
+    assert file.card_prompt(0.7) == "<perfusion:pets/rex:0.7> rex"
+    assert file.summary == "rex, a teddy (sd1)"
+    shown = file.card_metadata()
+    assert shown["trigger word"] == "rex" and shown["superclass"] == "teddy" and shown["base model"] == "sd1"
+    assert shown["training steps"] == "400"
+
+
+def test_pasting_renames_a_tag_to_the_local_file_with_the_same_hash(folder):
+    library = ConceptLibrary(folder)
+    shorthash = library.find("rex").shorthash
+    params = {"Prompt": "<perfusion:their_rex:0.7> rex", "Perfusion hashes": f"their_rex: {shorthash}, gone: 000000000000"}
+    rename_by_hash(params, library)
+    assert params["Prompt"] == "<perfusion:pets/rex:0.7> rex"
+    params = {"Prompt": "<perfusion:hugsy:0.7> hugsy", "Perfusion hashes": "hugsy: 000000000000"}
+    rename_by_hash(params, library)
+    assert params["Prompt"] == "<perfusion:hugsy:0.7> hugsy"  # no local file has that hash: left as written
+
+
+def test_a_file_whose_header_length_starts_with_byte_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """Seen with a Train-tab training state: 0x80 is also the first byte of a pickle."""
+    path = tmp_path / "x.state.safetensors"
+    for pad in range(256):
+        save_tensors(path, {"t": torch.zeros(2)}, {"pad": "p" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert read_safetensors(path)[1]["pad"]

@@ -1,0 +1,139 @@
+"""Tiny random-weight SD1-architecture checkpoints for the AUTOMATIC1111 acceptance tests.
+
+Run with A1111's own interpreter, from its root, so `ldm` and `open_clip` import:
+
+    A1111_PYTHON tests/test_a1111_model.py OUT_DIR NAME CONTEXT_DIM SEED [--concept FILE]...
+
+writes `OUT_DIR/NAME.safetensors` with `NAME.yaml` beside it (A1111 prefers that config) and a local CLIP
+tokenizer folder, all without network access. Each `--concept FILE` (`WORD.safetensors`) also gets a
+random concept that fits the model. This module holds no tests; the acceptance tests import nothing from it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+TEXT_WIDTH_HEADS = 2
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte-to-character map (the same table its BPE vocabulary is built on)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def write_tokenizer(folder: Path, context_dim: int) -> None:
+    """A Hugging Face CLIP tokenizer and a tiny text-encoder config, from open_clip's shipped BPE merges."""
+    import open_clip.tokenizer
+
+    text = gzip.decompress(Path(open_clip.tokenizer.default_bpe()).read_bytes()).decode("utf-8")
+    merges = text.split("\n")[1 : 49152 - 256 - 2 + 1]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"}))
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": len(vocab),
+        "hidden_size": context_dim, "intermediate_size": 2 * context_dim, "num_hidden_layers": 2,
+        "num_attention_heads": TEXT_WIDTH_HEADS, "max_position_embeddings": 77, "projection_dim": context_dim,
+        "hidden_act": "quick_gelu", "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
+    }))
+
+
+def write_config(path: Path, tokenizer: Path, context_dim: int) -> None:
+    """`configs/v1-inference.yaml` scaled down: two UNet levels, 32 channels, a 32-channel VAE."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load("configs/v1-inference.yaml")
+    params = config.model.params
+    params.unet_config.params.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+                                     attention_resolutions=[1, 2], context_dim=context_dim)
+    params.unet_config.params.pop("num_heads")
+    params.unet_config.params.num_head_channels = 16
+    params.first_stage_config.params.ddconfig.update(ch=32, num_res_blocks=1)
+    params.cond_stage_config.params = {"version": str(tokenizer)}
+    OmegaConf.save(config, path)
+
+
+def build_model(path: Path, seed: int):
+    """Instantiate the config at `path.yaml` with random weights (no all-zero tensor left) and save it."""
+    import torch
+    from ldm.util import instantiate_from_config
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = OmegaConf.load(path.with_suffix(".yaml"))
+    CLIPTextModel.from_pretrained = classmethod(lambda cls, name, *a, **k: cls(CLIPTextConfig.from_pretrained(name)))
+    torch.manual_seed(seed)
+    model = instantiate_from_config(config.model)
+    state = {}
+    for key, t in model.state_dict().items():
+        if key.startswith(("model.", "cond_stage_model.")) and t.is_floating_point() and not t.any():
+            # zero-initialised output layers would give zero gradients, and zero layer-norm biases a
+            # context of mean exactly 0, which A1111's emphasis normalisation divides by
+            t = torch.randn(t.shape) * 0.02
+        state[key] = t.detach().contiguous()
+    save_file(state, path.with_suffix(".safetensors"))
+    return model
+
+
+def write_concept(model, word: str, out: Path, seed: int) -> None:
+    """A random concept for `model` whose `i*` is the word's own encoding in a short prompt."""
+    import torch
+
+    from perfusion_core import Concept, cross_attention_layers, save_concept
+    from perfusion_core.concept import family_for_width
+
+    layers = cross_attention_layers(model.model.diffusion_model)
+    width = layers[0].context_dim
+    g = torch.Generator().manual_seed(seed)
+    encoder = model.cond_stage_model
+    with torch.no_grad():
+        ids = encoder.tokenizer(["a photo of a toy"], padding="max_length", max_length=77, return_tensors="pt")
+        context = encoder.transformer(input_ids=ids.input_ids).last_hidden_state[0]
+    i_star = context[5].double()  # "toy" (after <bos> a photo of a)
+    c_inv = torch.linalg.inv((context.double().T @ context.double()) / context.shape[0]
+                             + 1e-2 * torch.eye(width, dtype=torch.float64))
+    concept = Concept(
+        word=word, superclass="toy", family=family_for_width(width), context_dim=width,
+        text_encoder_layer="last", i_star=i_star.float(), v=(c_inv @ i_star).float(),
+        i_super=i_star.float(), embeddings=[torch.randn(width, generator=g) * 0.3],
+        o_v={layer.name: torch.randn(layer.v_dim, generator=g) * 3 for layer in layers},
+        c_fingerprint="0" * 16, description=f"A random test concept for {out.stem}",
+    )
+    save_concept(concept, out)
+
+
+def main(argv: list[str]) -> None:
+    out, name, context_dim, seed = Path(argv[0]).resolve(), argv[1], int(argv[2]), int(argv[3])
+    sys.path.insert(0, "repositories/stable-diffusion-stability-ai")
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # perfusion_core, for --concept
+    tokenizer = out / f"{name}-tokenizer"
+    write_tokenizer(tokenizer, context_dim)
+    write_config(out / f"{name}.yaml", tokenizer, context_dim)
+    model = build_model(out / name, seed)
+    concepts = [Path(argv[k + 1]).resolve() for k, a in enumerate(argv) if a == "--concept"]
+    for seed, concept in enumerate(concepts, start=1):
+        write_concept(model, concept.stem, concept, seed)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,324 @@
+"""Acceptance: this repository as an extension of a real AUTOMATIC1111 (`A1111_PATH`, its interpreter in
+`A1111_PYTHON`, default `$A1111_PATH/venv/bin/python`) and, with `FORGE_PATH` / `FORGE_PYTHON`, of Forge or
+reForge: the web UI started offline on CPU in API mode with tiny random-weight SD1-architecture checkpoints
+that these tests build. Each test runs once per web UI. See tests/README.md, "AUTOMATIC1111"."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from perfusion_a1111.tags import ConceptRequest, parse_infotext
+from perfusion_core import load_concept
+
+pytestmark = pytest.mark.a1111
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTS = ("A1111", "FORGE")  # environment variable prefixes: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
+MODEL_BUILDER = Path(__file__).with_name("test_a1111_model.py")
+STARTUP_SECONDS = 240
+
+
+def _host(prefix: str) -> tuple[str, str]:
+    """The web UI's folder and interpreter, or empty strings when not configured."""
+    path = os.environ.get(f"{prefix}_PATH", "")
+    return path, os.environ.get(f"{prefix}_PYTHON") or (f"{path}/venv/bin/python" if path else "")
+
+
+def pytest_generate_tests(metafunc):
+    """Run every test once per web UI; one not configured reports each test skipped, by name."""
+    if "server" in metafunc.fixturenames:
+        params = [pytest.param(prefix, id=prefix.lower(), marks=pytest.mark.skipif(
+            not _host(prefix)[0],
+            reason=f"{metafunc.function.__name__}[{prefix.lower()}]: {prefix}_PATH is not set (see tests/README.md)",
+        )) for prefix in HOSTS]
+        metafunc.parametrize("server", params, indirect=True, scope="module")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _build(host: tuple[str, str], root: Path, name: str, context_dim: int, seed: int,
+           concepts: tuple[str, ...] = ()) -> None:
+    command = [host[1], str(MODEL_BUILDER), str(root / "models" / "Stable-diffusion"), name, str(context_dim),
+               str(seed)]
+    for word in concepts:
+        command += ["--concept", str(root / "models" / "perfusion" / f"{word}.safetensors")]
+    subprocess.run(command, cwd=host[0], check=True, capture_output=True)
+
+
+def _write_lora(path: Path) -> None:
+    """A rank-2 LoRA (kohya names) on the K and V projections of the tiny UNet's first cross-attention."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for projection in ("to_k", "to_v"):
+        name = f"lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_{projection}"
+        tensors[f"{name}.lora_down.weight"] = torch.randn(2, 64, generator=g)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(32, 2, generator=g)
+        tensors[f"{name}.alpha"] = torch.tensor(2.0)
+    path.parent.mkdir(parents=True)
+    save_file(tensors, path)
+
+
+class Server:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.url = root, f"http://127.0.0.1:{port}"
+        self.concepts = root / "models" / "perfusion"
+
+    def call(self, path: str, body: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+    def generate(self, prompt: str, model: str = "tiny", expect: int = 200, **settings) -> dict:
+        body = {"prompt": prompt, "steps": 4, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler",
+                "override_settings": {"sd_model_checkpoint": model}, **settings}
+        status, result = self.call("/sdapi/v1/txt2img", body)
+        assert status == expect, result
+        if status == 200:
+            result["infotext"] = json.loads(result["info"])["infotexts"][0]
+        return result
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    host = _host(request.param)
+    root = tmp_path_factory.mktemp(request.param.lower())
+    (root / "models" / "perfusion").mkdir(parents=True)
+    _build(host, root, "tiny", 64, 0, concepts=("hugsy", "teddo"))
+    _build(host, root, "tiny2", 64, 1)
+    _build(host, root, "wide", 96, 2)
+    _write_lora(root / "models" / "Lora" / "testlora.safetensors")
+    (root / "extensions").mkdir()
+    (root / "extensions" / "perfusion").symlink_to(REPO)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PERFUSION_CACHE": str(root / "cache")}
+    log = open(root / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
+    process = subprocess.Popen(
+        [host[1], "launch.py", "--skip-prepare-environment", "--nowebui", "--api", "--server-name",
+         "127.0.0.1", "--port", str(port), "--data-dir", str(root), "--ckpt",
+         str(root / "models" / "Stable-diffusion" / "tiny.safetensors"), "--no-half", "--use-cpu", "all",
+         "--skip-torch-cuda-test", "--no-download-sd-model", "--skip-version-check"],
+        cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    instance = Server(root, port)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            assert process.poll() is None, (root / "server.log").read_text(errors="replace")[-4000:]
+            try:
+                if instance.call("/perfusion/v1/concepts", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"the web UI did not start in time: see {root / 'server.log'}"
+            time.sleep(1)
+        yield instance
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def baseline(server) -> str:
+    """An image of the concept word without the tag, made before the tag was ever used."""
+    return server.generate("a photo of hugsy")["images"][0]
+
+
+def test_tag_changes_the_image_and_leaves_no_trace(server, baseline):
+    tagged = server.generate("<perfusion:hugsy:0.7> a photo of hugsy")
+    assert tagged["images"][0] != baseline
+    assert 'Perfusion: "hugsy:0.70:0.15"' in tagged["infotext"]
+    assert "Perfusion hashes: " in tagged["infotext"]
+    after = [server.generate("a photo of hugsy")["images"][0] for _ in range(2)]
+    assert after == [baseline, baseline]
+
+
+def test_two_concepts_each_with_its_own_gate(server):
+    def image(prompt: str) -> str:
+        return server.generate(prompt)["images"][0]
+
+    both = server.generate("<perfusion:hugsy:0.7> <perfusion:teddo:0.6:tau=0.2> hugsy and teddo")
+    assert 'Perfusion: "hugsy:0.70:0.15, teddo:0.60:0.20"' in both["infotext"]
+    singles = {image("<perfusion:hugsy:0.7> hugsy and teddo"), image("<perfusion:teddo:0.6:tau=0.2> hugsy and teddo")}
+    assert both["images"][0] not in singles and len(singles) == 2
+    assert image("<perfusion:hugsy:0.7> <perfusion:teddo:0.4:tau=0.2> hugsy and teddo") != both["images"][0]
+
+
+def test_unknown_concept_stops_the_generation_with_its_name(server, baseline):
+    status, error = server.call("/sdapi/v1/txt2img", {"prompt": "<perfusion:nope:0.7> a photo", "steps": 2,
+                                                      "width": 64, "height": 64})
+    assert status == 500
+    assert "perfusion concept 'nope' not found" in error["errors"]
+    assert server.generate("a photo of hugsy")["images"][0] == baseline
+
+
+def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
+    prompt = "a photo of hugsy"
+    # strength 0 leaves every projection's input as it is, so only where K reads matters
+    local = server.generate(f"<perfusion:hugsy:0.5:strength=0> {prompt}")
+    global_ = server.generate(f"<perfusion:hugsy:0.5:strength=0:lock=global> {prompt}")
+    assert global_["images"][0] != local["images"][0]
+    assert 'Perfusion: "hugsy:0.50:0.15:strength=0.00:lock=global"' in global_["infotext"]
+    full = server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0]
+    assert full not in (global_["images"][0], baseline)
+    assert server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0] == full  # cached conds
+    assert server.generate(prompt)["images"][0] == baseline
+
+
+def test_lora_and_perfusion_apply_together(server, baseline):
+    prompt = "a photo of hugsy"
+    lora = server.generate(f"<lora:testlora:1> {prompt}")["images"][0]
+    perfusion = server.generate(f"<perfusion:hugsy:0.7> {prompt}")["images"][0]
+    both = server.generate(f"<lora:testlora:1> <perfusion:hugsy:0.7> {prompt}")
+    assert lora != baseline and both["images"][0] not in (lora, perfusion)
+    assert "Lora hashes" in both["infotext"] and "Perfusion hashes" in both["infotext"]
+    assert server.generate(prompt)["images"][0] == baseline
+
+
+def test_img2img_applies_the_concept(server, baseline):
+    def img2img(prompt: str) -> str:
+        status, result = server.call("/sdapi/v1/img2img", {
+            "init_images": [baseline], "prompt": prompt, "denoising_strength": 0.6, "steps": 4, "width": 64,
+            "height": 64, "seed": 1, "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": "tiny"}})
+        assert status == 200, result
+        return result["images"][0]
+
+    plain = img2img("a photo of hugsy")
+    assert img2img("<perfusion:hugsy:0.7> a photo of hugsy") != plain
+    assert img2img("a photo of hugsy") == plain
+
+
+def test_infotext_round_trips_and_pasting_renames_by_hash(server):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    prompt = "<perfusion:hugsy:0.65:tau=0.2:strength=0.8> a photo of hugsy"
+    first = server.generate(prompt)
+    status, pasted = server.call("/sdapi/v1/png-info", {"image": "data:image/png;base64," + first["images"][0]})
+    assert status == 200
+    params = pasted["parameters"]
+    assert params["Prompt"] == prompt
+    assert parse_infotext(params["Perfusion"]) == [ConceptRequest("hugsy", 0.65, 0.2, 0.8)]
+    again = server.generate(params["Prompt"], seed=int(params["Seed"]), steps=int(params["Steps"]),
+                            cfg_scale=float(params["CFG scale"]), sampler_name=params["Sampler"])
+    assert again["images"][0] == first["images"][0]
+
+    # the same image as someone else shared it, naming the concept differently: the hash finds our file
+    image = Image.open(io.BytesIO(base64.b64decode(first["images"][0])))
+    info = PngInfo()
+    info.add_text("parameters", pasted["info"].replace("hugsy:", "their_teddy:").replace(
+        "<perfusion:hugsy", "<perfusion:their_teddy"))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    status, renamed = server.call("/sdapi/v1/png-info",
+                                  {"image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()})
+    assert status == 200
+    assert renamed["parameters"]["Prompt"] == prompt
+
+
+def test_hires_fix_applies_the_concept_in_both_passes(server):
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.5,
+             "hr_second_pass_steps": 2}
+    plain = server.generate("a photo of hugsy", **hires)
+    tagged = server.generate("<perfusion:hugsy:0.7> a photo of hugsy", **hires)
+    assert tagged["images"][0] != plain["images"][0]
+    assert 'Perfusion: "hugsy:0.70:0.15"' in tagged["infotext"] and "Hires upscale: 2" in tagged["infotext"]
+    assert server.generate("a photo of hugsy", **hires)["images"][0] == plain["images"][0]
+
+
+def test_model_switch_keeps_working_and_another_base_is_refused(server):
+    on_tiny = server.generate("<perfusion:hugsy:0.7> a photo of hugsy")["images"][0]
+    plain2 = server.generate("a photo of hugsy", model="tiny2")["images"][0]
+    tagged2 = server.generate("<perfusion:hugsy:0.7> a photo of hugsy", model="tiny2")["images"][0]
+    assert tagged2 != plain2
+    status, error = server.call("/sdapi/v1/txt2img", {
+        "prompt": "<perfusion:hugsy:0.7> a photo of hugsy", "steps": 2, "width": 64, "height": 64,
+        "override_settings": {"sd_model_checkpoint": "wide"}})
+    assert status == 500
+    assert "concept 'hugsy' is for d64" in error["errors"] and "this model is d96" in error["errors"]
+    assert server.generate("<perfusion:hugsy:0.7> a photo of hugsy")["images"][0] == on_tiny
+    assert server.generate("a photo of hugsy", model="tiny2")["images"][0] == plain2
+
+
+def _images_folder(root: Path) -> Path:
+    from PIL import Image
+
+    folder = root / "train-images"
+    folder.mkdir(exist_ok=True)
+    for k in range(3):
+        pixels = bytes((k * 70 + x * 3 + y) % 256 for y in range(64) for x in range(64) for _ in range(4))
+        image = Image.frombytes("RGBA", (64, 64), pixels)
+        image.putalpha(255 if k else 128)
+        image.save(folder / f"{k}.png")
+    return folder
+
+
+def test_train_route_writes_a_loadable_concept_and_resumes(server):
+    request = {"word": "zorbly", "superclass": "toy", "images": str(_images_folder(server.root)), "steps": 5,
+               "batch_size": 1, "grad_accum": 1, "resolution": 64, "save_every": 2, "preview_every": 5,
+               "preview_steps": 2}
+    status, outcome = server.call("/perfusion/v1/train", request)
+    assert status == 200, outcome
+    path = Path(outcome["path"])
+    assert path == server.concepts / "zorbly.safetensors" and outcome["steps"] == 5
+    concept = load_concept(path)
+    assert (concept.word, concept.superclass, concept.family, concept.text_encoder_layer) == (
+        "zorbly", "toy", "d64", "last")
+    assert len(concept.o_v) == 7 and concept.training["steps"] == "5"
+    assert path.with_suffix(".preview.png").is_file() and (server.concepts / "zorbly.state.safetensors").is_file()
+    names = [c["name"] for c in server.call("/perfusion/v1/concepts")[1]]
+    assert "zorbly" in names
+
+    plain = server.generate("a photo of zorbly")["images"][0]
+    assert server.generate("<perfusion:zorbly:0.7> a photo of zorbly")["images"][0] != plain
+
+    resume = {**request, "steps": 7, "resume": True, "gradient_checkpointing": True}
+    status, resumed = server.call("/perfusion/v1/train", resume)
+    assert status == 200, resumed
+    assert resumed["steps"] == 7 and resumed["losses"][:5] == outcome["losses"]
+    assert load_concept(path).training["steps"] == "7"
+
+
+def test_interrupting_training_keeps_the_last_checkpoint(server):
+    request = {"word": "quibble", "superclass": "toy", "images": str(_images_folder(server.root)), "steps": 100000,
+               "batch_size": 1, "grad_accum": 1, "resolution": 64, "save_every": 1}
+    threading.Timer(8, lambda: server.call("/sdapi/v1/interrupt", {})).start()
+    status, error = server.call("/perfusion/v1/train", request)
+    assert status == 400
+    stopped = re.search(r"training stopped at step (\d+)", error["detail"])
+    assert stopped, error
+    if int(stopped.group(1)) > 0:
+        assert "quibble.state.safetensors) is kept" in error["detail"]
+        assert load_concept(server.concepts / "quibble.safetensors").training["steps"] == stopped.group(1)
+
+
+def test_bad_training_input_is_reported(server):
+    status, error = server.call("/perfusion/v1/train", {"word": "w", "superclass": "toy", "images": "/nonexistent"})
+    assert status == 400 and "does not exist" in error["detail"]
+    status, error = server.call("/perfusion/v1/train", {"word": "w", "superclass": "toy", "images": "/x", "lr": 1})
+    assert status == 422 and "unknown fields ['lr']" in error["detail"]
