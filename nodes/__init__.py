@@ -8,6 +8,7 @@ from .apply import ApplyPerfusion, PerfusionGateSweep
 from .concepts import register_folder
 from .loader import LoadPerfusionConcept
 from .routes import register_routes
+from .train import TrainPerfusion
 
 register_folder()
 register_routes()
@@ -15,7 +16,7 @@ register_routes()
 
 class PerfusionExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadPerfusionConcept, ApplyPerfusion, PerfusionGateSweep]
+        return [LoadPerfusionConcept, ApplyPerfusion, PerfusionGateSweep, TrainPerfusion]
 
 
 async def comfy_entrypoint() -> PerfusionExtension:

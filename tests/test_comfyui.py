@@ -158,3 +158,70 @@ def test_loader_route_describes_a_concept(server):
     assert (info["word"], info["superclass"], info["family"]) == ("hugsy", "teddy", "sd1")
     script = server.request("/extensions/perfusion/perfusion.js").decode()
     assert "PerfusionLoadConcept" in script
+
+
+@pytest.fixture(scope="module")
+def training_images(server) -> list[str]:
+    from .comfy.graphs import write_training_images
+
+    return write_training_images(server.base / "input")
+
+
+def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
+    from perfusion_core import load_concept
+
+    from .comfy.graphs import train_graph
+
+    entry = server.run(train_graph(training_images, "trained", steps=5, preview_every=5))
+    concept = load_concept(server.perfusion_dir / "trained.safetensors")
+    assert (concept.word, concept.superclass, concept.family, concept.training["steps"]) == ("hugsy", "teddy", "sd1", "5")
+    assert (server.perfusion_dir / "trained.state.safetensors").is_file()
+    assert len(server.images(entry, "loss")) == 1 and len(server.images(entry, "previews")) == 1
+    options = server.get("/object_info/PerfusionLoadConcept")["PerfusionLoadConcept"]["input"]["required"]
+    assert "trained.safetensors" in options["concept_name"][1]["options"]
+    assert "trained.state.safetensors" not in options["concept_name"][1]["options"]
+    trained = {"name": "trained.safetensors"}
+    assert render(server, concepts=(trained,)) != render(server)
+
+
+def test_cancel_keeps_the_last_checkpoint_and_leaves_the_model_as_it_was(server, training_images):
+    import time
+
+    from perfusion_core import load_concept
+
+    from .comfy.graphs import train_graph
+
+    before = render(server)
+    state = server.perfusion_dir / "cancelled.state.safetensors"
+    prompt_id = server.submit(train_graph(training_images, "cancelled", steps=50, save_every=1, preview_every=50,
+                                          seed=3))
+    deadline = time.monotonic() + 300
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state.is_file(), "no checkpoint was written within 300 s"
+    server.post("/interrupt", {})
+    with pytest.raises(ComfyError) as stopped:
+        server.wait(prompt_id)
+    messages = dict(stopped.value.details["status"]["messages"])
+    assert "execution_interrupted" in messages and "execution_error" not in messages
+    concept = load_concept(server.perfusion_dir / "cancelled.safetensors")
+    assert 1 <= int(concept.training["steps"]) < 50
+    assert not [p.name for p in server.perfusion_dir.iterdir() if p.name.startswith("cancelled") and
+                not p.name.endswith(".safetensors")]
+    assert render(server) == before
+
+
+@pytest.mark.parametrize("name", ["train-one-concept", "apply-with-gate-sweep", "two-concepts-one-image"])
+def test_example_workflow_runs_on_the_test_checkpoint(server, training_images, name):
+    import json
+
+    from .comfy.workflows import EXAMPLES, for_test, to_api
+
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    assert (EXAMPLES / f"{name}.jpg").stat().st_size > 1000
+    graph = for_test(to_api(workflow, server.get("/object_info")))
+    entry = server.run(graph)
+    saved = [key for key, node in graph.items() if node["class_type"] == "SaveImage"]
+    assert saved and all(server.images(entry, key) for key in saved)
+    if name == "apply-with-gate-sweep":
+        assert len(server.images(entry, saved[0])) == 4

@@ -67,3 +67,45 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
     g["save"] = {"class_type": "SaveImage" if save else "PreviewImage",
                  "inputs": {"images": ["decode", 0], **({"filename_prefix": "test"} if save else {})}}
     return g
+
+
+def write_training_images(folder: Path, count: int = 2, size: int = 64) -> list[str]:
+    """`count` seeded noise-and-shape PNGs (with an alpha channel marking the shape) for LoadImage."""
+    from PIL import Image, ImageDraw
+
+    names = []
+    g = torch.Generator().manual_seed(7)
+    for k in range(count):
+        pixels = (torch.rand(size, size, 3, generator=g) * 80 + 60).byte().numpy()
+        image = Image.fromarray(pixels).convert("RGBA")
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((8 + 4 * k, 12, size - 10, size - 8), fill=(200, 120, 40, 255))
+        alpha = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(alpha).ellipse((8 + 4 * k, 12, size - 10, size - 8), fill=255)
+        image.putalpha(alpha)
+        names.append(f"concept-{k}.png")
+        image.save(folder / names[-1])
+    return names
+
+
+def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, save_every: int = 0,
+                preview_every: int = 5, resume: bool = False, caption_count: int = 64, batch_size: int = 4,
+                checkpoint: str = CHECKPOINT) -> dict:
+    """Checkpoint + LoadImage × N (batched) → Train Perfusion → save the loss curve and previews."""
+    g: dict[str, dict] = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
+    batch = None
+    for k, image in enumerate(images):
+        g[f"img{k}"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        if batch is None:
+            batch = [f"img{k}", 0]
+        else:
+            g[f"batch{k}"] = {"class_type": "ImageBatch", "inputs": {"image1": batch, "image2": [f"img{k}", 0]}}
+            batch = [f"batch{k}", 0]
+    g["train"] = {"class_type": "PerfusionTrain", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "images": batch, "word": "hugsy",
+        "superclass": "teddy", "name": name, "steps": steps, "lr_target": 0.03, "lr_embedding": 0.006,
+        "batch_size": batch_size, "seed": seed, "beta": 0.75, "tau": 0.1, "preview_every": preview_every,
+        "save_every": save_every, "resume": resume, "caption_count": caption_count}}
+    g["loss"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": f"{name}-loss"}}
+    g["previews"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 2], "filename_prefix": f"{name}-pv"}}
+    return g

@@ -1,0 +1,223 @@
+"""Train Perfusion: the core `Trainer` on a ComfyUI MODEL/CLIP/VAE, with live progress in the front end."""
+
+from __future__ import annotations
+
+import base64
+import io as bytes_io
+import logging
+import re
+
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy_api.latest import io
+from PIL import Image
+from server import PromptServer
+from torch import Tensor
+
+from ..perfusion_core import TrainingError
+from ..perfusion_core.captions import load_captions
+from ..perfusion_core.images import image_grid, loss_curve
+from ..perfusion_core.train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
+from .concepts import ConceptType, default_folder
+from .host import ComfyHost
+from .patching import current_uses
+
+EVENT = "perfusion.train"
+log = logging.getLogger("perfusion")
+_NAME = re.compile(r"^[\w][\w.-]*$")
+
+
+def _inputs() -> list:
+    return [
+        io.Model.Input("model", tooltip="The checkpoint's diffusion model (SD1.x, SD2.x or SDXL), without Apply "
+                                        "Perfusion. LoRAs applied before are trained against."),
+        io.Clip.Input("clip", tooltip="The checkpoint's text encoder; set CLIP skip before this node exactly as "
+                                      "you will sample with it."),
+        io.Vae.Input("vae", tooltip="The checkpoint's VAE, to encode the training images."),
+        io.Image.Input("images", tooltip="3–8 photos of the concept, all of one size (512×512 for SD1.x, 1024 for "
+                                         "SDXL); sides are cropped to a multiple of 8."),
+        io.String.Input("word", default="hugsy", tooltip="The trigger word to learn: a new made-up word, "
+                                                         "used in prompts after Apply Perfusion."),
+        io.String.Input("superclass", default="teddy", tooltip="What the concept is, as one common word "
+                                                               "(dog, teddy, sculpture): the keys lock to it."),
+        io.String.Input("name", default="my-concept", tooltip="File name in models/perfusion (NAME.safetensors, "
+                                                              "plus NAME.state.safetensors for resuming); an "
+                                                              "existing file of that name is replaced."),
+        io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimizer steps (the paper: 400)."),
+        io.Float.Input("lr_target", default=0.03, min=1e-6, max=1.0, step=0.001,
+                       tooltip="Learning rate of the value targets o*_V (the paper: 0.03)."),
+        io.Float.Input("lr_embedding", default=0.006, min=1e-6, max=1.0, step=0.0005,
+                       tooltip="Learning rate of the trigger word's embedding (the paper: 0.006)."),
+        io.Int.Input("batch_size", default=4, min=1, max=64,
+                     tooltip="Images per forward pass; gradients are accumulated to an effective batch of 16."),
+        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the image, timestep and noise "
+                                                                      "draws, and of the previews."),
+        io.Float.Input("beta", default=0.75, min=0.0, max=1.0, step=0.01,
+                       tooltip="Gate bias β during training (the paper: 0.75)."),
+        io.Float.Input("tau", default=0.10, min=0.01, max=1.0, step=0.01,
+                       tooltip="Gate temperature τ during training (the paper: 0.10)."),
+        io.Int.Input("preview_every", default=50, min=1, max=100000,
+                     tooltip="Render a preview ('a photo of a WORD') every N steps; at least one is rendered."),
+        io.Int.Input("save_every", default=50, min=0, max=100000,
+                     tooltip="Write the concept and its resumable state every N steps (0: only at the end). "
+                             "Cancelling keeps the last one written."),
+        io.Boolean.Input("resume", default=False, tooltip="Continue NAME's run from NAME.state.safetensors (its own "
+                                                          "settings; steps, preview and save intervals from here)."),
+        io.Int.Input("caption_count", default=2000, min=16, max=24000,
+                     tooltip="Captions (of the 24,000 shipped) used to estimate the text-encoder statistics C. "
+                             "More is better: use all 24,000 on a GPU; on a CPU 2,000 takes minutes. Computed once "
+                             "per text encoder and count, then cached."),
+        io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
+                         tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
+        io.Mask.Input("mask", optional=True, tooltip="Optional: where the concept is (1) in each image; the loss "
+                                                     "outside is weighted 0. One mask per image, or one for all."),
+    ]
+
+
+class TrainPerfusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PerfusionTrain",
+            display_name="Train Perfusion",
+            category="perfusion",
+            description="Trains a Perfusion concept (key-locked rank-1 editing) from a few images and writes it "
+                        "to models/perfusion. Shows the loss and previews while it runs; cancel keeps the last "
+                        "checkpoint.",
+            inputs=_inputs(),
+            outputs=[
+                ConceptType.Output(display_name="concept", tooltip="The trained concept, for Apply Perfusion."),
+                io.Image.Output(display_name="loss", tooltip="The loss curve of the run."),
+                io.Image.Output(display_name="previews", tooltip="Every preview rendered, in step order."),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, name: str = "my-concept", word: str = "hugsy", superclass: str = "teddy",
+                        **_) -> bool | str:
+        if not _NAME.match(name.removesuffix(".safetensors")):
+            return f"name {name!r} must be a plain file name (letters, digits, '-', '_', '.'), without folders"
+        for label, value in (("word", word), ("superclass", superclass)):
+            if not value.strip() or any(c.isspace() for c in value.strip()):
+                return f"{label} must be one word without spaces, got {value!r}"
+        return True
+
+    @classmethod
+    def execute(cls, model, clip, vae, images: Tensor, word: str, superclass: str, name: str, steps: int,
+                lr_target: float, lr_embedding: float, batch_size: int, seed: int, beta: float, tau: float,
+                preview_every: int, save_every: int, resume: bool, caption_count: int,
+                gradient_checkpointing: bool = False, mask: Tensor | None = None) -> io.NodeOutput:
+        if current_uses(model):
+            raise TrainingError("the model already carries Apply Perfusion: connect the checkpoint's model directly")
+        out = default_folder() / f"{name.removesuffix('.safetensors')}.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = Report(cls.hidden.unique_id, steps)
+        with torch.inference_mode(False), torch.enable_grad():
+            host = ComfyHost(model, clip, vae, load_captions()[:caption_count])
+            host.load()
+            data = training_data(images, mask)
+            intervals = {"steps": steps, "save_every": save_every, "preview_every": preview_every,
+                         "gradient_checkpointing": gradient_checkpointing}
+            if resume:
+                if not state_path_for(out).is_file():
+                    raise TrainingError(f"no training state {state_path_for(out).name} in {out.parent}: switch "
+                                        "resume off to start a new run, or give the name of an earlier run")
+                trainer = Trainer.resume(host, data, out, **intervals)
+            else:
+                settings = TrainSettings(word=word.strip(), superclass=superclass.strip(), lr_target=lr_target,
+                                         lr_embedding=lr_embedding, batch_size=batch_size, seed=seed, beta=beta,
+                                         tau=tau, preview_seeds=(seed,), **intervals)
+                trainer = Trainer(host, data, settings, out)
+            # at least one preview: a multiple of the interval falls within the steps still to run
+            trainer.settings.preview_every = max(1, min(preview_every, trainer.settings.steps - trainer.step))
+            report.start(trainer)
+            try:
+                result = trainer.run(progress=report.step, on_preview=report.preview, should_stop=report.stop,
+                                     moment_progress=report.moment)
+            except comfy.model_management.InterruptProcessingException:
+                kept = state_path_for(out)
+                log.info("Train Perfusion cancelled at step %d; %s", trainer.step,
+                         f"{kept.name} is kept" if kept.is_file() else "no checkpoint was written yet")
+                raise
+        previews = torch.cat([batch for _, batch in result.previews])
+        log.info("Train Perfusion: %s written after %d steps (loss %.4f)", result.concept_path, trainer.step,
+                 result.losses[-1])
+        return io.NodeOutput(result.concept, to_comfy(loss_curve(result.losses)[None]), to_comfy(previews))
+
+
+def training_data(images: Tensor, mask: Tensor | None) -> TrainingData:
+    """ComfyUI IMAGE `(N, H, W, C)` and MASK `(N|1, h, w)` as the core's `TrainingData`, cropped to ×8."""
+    pixels = images[..., :3].movedim(-1, 1).float().clone()  # a normal tensor, out of inference mode
+    h, w = pixels.shape[-2] // 8 * 8, pixels.shape[-1] // 8 * 8
+    if h == 0 or w == 0:
+        raise TrainingError(f"the images are {pixels.shape[-1]}×{pixels.shape[-2]}; they need at least 8×8 pixels")
+    top, left = (pixels.shape[-2] - h) // 2, (pixels.shape[-1] - w) // 2
+    masks = None
+    if mask is not None:
+        masks = mask.float().clone().reshape(-1, *mask.shape[-2:])
+        if masks.shape[0] not in (1, pixels.shape[0]):
+            raise TrainingError(f"{masks.shape[0]} masks for {pixels.shape[0]} images: give one mask per image, "
+                                "or one for all")
+        masks = torch.nn.functional.interpolate(masks[:, None], size=pixels.shape[-2:], mode="bilinear")[:, 0]
+        masks = masks.expand(pixels.shape[0], -1, -1)[:, top:top + h, left:left + w].contiguous()
+    return TrainingData(pixels[..., top:top + h, left:left + w].contiguous(), masks)
+
+
+def to_comfy(images: Tensor) -> Tensor:
+    """`(N, 3, H, W)` to ComfyUI's IMAGE `(N, H, W, 3)`."""
+    return images.movedim(1, -1).contiguous().float().clamp(0, 1)
+
+
+def preview_image(images: Tensor) -> Image.Image:
+    """`(N, 3, H, W)` images in [0, 1] as one grid image, up to 4 a row."""
+    grid = image_grid(images.float().clamp(0, 1), columns=min(4, images.shape[0]))
+    return Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
+def data_url(image: Image.Image) -> str:
+    buffer = bytes_io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class Report:
+    """The node's progress bar and `perfusion.train` messages to the front end; notices cancel."""
+
+    def __init__(self, node_id: str, steps: int) -> None:
+        self.node_id, self.steps = node_id, steps
+        self.bar = comfy.utils.ProgressBar(steps, node_id=node_id)
+        self.losses: list[float] = []  # the trainer's own list: a resumed run shows its earlier steps too
+        self.latest: Image.Image | None = None
+
+    def _send(self, **data) -> None:
+        server = PromptServer.instance
+        server.send_sync(EVENT, {"node": self.node_id, **data}, server.client_id)
+
+    def start(self, trainer: Trainer) -> None:
+        self.steps, self.losses = trainer.settings.steps, trainer.losses
+        self.bar.update_absolute(trainer.step, self.steps)
+        self._send(phase="training", step=trainer.step, steps=self.steps, losses=self.losses)
+
+    def moment(self, done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        self._send(phase="statistics", done=done, total=total)
+
+    def step(self, info: StepInfo) -> None:
+        log.info("Train Perfusion step %d/%d: loss %.4f, %.1f s, %.0f s left", info.step, info.steps, info.loss,
+                 info.elapsed, info.eta)
+        preview = ("JPEG", self.latest, 512) if self.latest is not None else None
+        self.bar.update_absolute(info.step, info.steps, preview)
+        self._send(phase="training", step=info.step, steps=info.steps, loss=info.loss, losses=self.losses,
+                   eta=info.eta)
+
+    def preview(self, step: int, images: Tensor) -> None:
+        self.latest = preview_image(images)
+        self._send(phase="preview", step=step, image=data_url(self.latest))
+
+    @staticmethod
+    def stop() -> bool:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return False
