@@ -2,7 +2,8 @@
 
 SD1.5-sized UNet (diffusers default config, context 768, random weights) and a CLIP-L-sized text encoder,
 64x64 latents, batch 1, float32, CPU (or --device cuda). Each method runs in its own process so that its
-peak memory is its own; time is the median over --steps steps after one warm-up step.
+peak memory is its own; time is the median over --steps steps after one warm-up step, in process CPU time
+on CPU (robust to other jobs sharing the machine) and wall time on CUDA.
 Run: .venv/bin/python -m benchmarks.train_step [--steps N] [--device cuda]
 """
 
@@ -99,15 +100,16 @@ def run_one(method: str, steps: int, device: str) -> dict:
     latents, noise = torch.randn(1, 4, 64, 64, device=device), torch.randn(1, 4, 64, 64, device=device)
     baseline = _peak_bytes(device)
     times = []
+    clock = time.perf_counter if device.startswith("cuda") else time.process_time
     for _ in range(steps + 1):
-        start = time.perf_counter()
+        start = clock()
         loss = (unet(latents, 500, encoder_hidden_states=context()).sample - noise).square().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     trainable = sum(p.numel() for p in params)
     return {"method": method, "median_s": statistics.median(times[1:]), "peak_bytes": _peak_bytes(device),
             "step_bytes": _peak_bytes(device) - baseline, "trainable": trainable}
@@ -123,15 +125,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # one method, in a child process
     args = parser.parse_args()
     if args.method:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         print(json.dumps(run_one(args.method, args.steps, args.device)))
         return
     results = {}
     for method in METHODS:
         out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--method", method,
-                              "--steps", str(args.steps), "--device", args.device],
+                              "--steps", str(args.steps), "--device", args.device, "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True)
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"SD1.5-sized UNet, 64x64 latents, batch 1, {args.device}, median of {args.steps} steps")
