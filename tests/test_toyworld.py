@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPTextModel
 
 from toyworld import model as toymodel
@@ -92,7 +93,9 @@ def test_model_folder_loads_with_diffusers_and_transformers(tmp_path):
     te = CLIPTextModel.from_pretrained(tmp_path / "text_encoder")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
     sched = DDPMScheduler.from_pretrained(tmp_path / "scheduler")
-    assert unet.dtype == torch.float16 and unet.config.in_channels == unet.config.out_channels == 3
+    stored = load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    assert unet.config.in_channels == unet.config.out_channels == 3
     assert sched.config.prediction_type == "v_prediction"
     assert te.config.max_position_embeddings == tok.model_max_length
     assert (te.config.bos_token_id, te.config.eos_token_id, te.config.pad_token_id) == (
@@ -115,7 +118,8 @@ def test_sampling_is_seeded():
 
 
 def test_resume_is_exact(tmp_path):
-    common = ["--channels", "8,16", "--batch", "4", "--eval-every", "0", "--warmup", "2", "--log-every", "1"]
+    common = ["--channels", "8,16", "--batch", "4", "--eval-every", "0", "--warmup", "2", "--log-every", "1",
+              "--no-freeze-text"]
     pretrain.main(["--out", str(tmp_path / "split"), "--max-steps", "3", *common])
     pretrain.main(["--out", str(tmp_path / "split"), "--max-steps", "6", "--resume", *common])
     pretrain.main(["--out", str(tmp_path / "whole"), "--max-steps", "6", *common])

@@ -7,7 +7,8 @@ v-prediction, AdamW with warm-up, gradient clip 1, caption dropout (empty prompt
 EMA of the weights, timesteps biased to high noise. Every batch is a pure function of (seed, step),
 so the data stream position is the step. The run directory holds checkpoint.pt (full state, written
 atomically), config.json, train_log.jsonl (loss; probe accuracy of EMA samples at intervals) and
-best/ (the EMA weights with the best probe score so far, as a model folder).
+best/ (the EMA weights with the best probe score so far, as a model folder). SIGTERM stops a run
+after the current step with a checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -30,9 +32,9 @@ from toyworld import probe as toyprobe
 from toyworld import world
 from toyworld.sample import generate
 
-# Settings that define the run; fixed at its start (a resume keeps them).
+# Settings that define the run, fixed at its start; a resume keeps them (only the stage may move on).
 RUN_KEYS = (
-    "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power",
+    "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
 )
 FEW_POSITIONS = ("left", "right")
@@ -53,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--res", type=int, default=16)
-    ap.add_argument("--stage", type=int, default=1)
+    ap.add_argument("--stage", type=int, default=None,
+                    help="world stage (default 1); given with --resume, the run moves to it from the current step")
     ap.add_argument("--channels", default="32,64,64", help="UNet block widths")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -62,11 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--t-power", type=float, default=0.5, help="t = 999 u^p; p < 1 favours high noise")
+    ap.add_argument("--t-uniform", type=float, default=0.3, help="fraction of timesteps drawn uniformly instead")
     ap.add_argument("--snr-weight", choices=("minsnr", "minsnr1", "none"), default="minsnr1",
                     help="minsnr: min(SNR,g)/(SNR+1), vanishes at high noise; minsnr1: min(1, g/(SNR+1))")
     ap.add_argument("--gamma", type=float, default=5.0)
     ap.add_argument("--zero-snr", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--freeze-text", action="store_true", help="keep the random text encoder fixed")
+    ap.add_argument("--freeze-text", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep the random text encoder fixed (trained jointly, it merges the position words)")
     ap.add_argument("--few-positions-until", type=int, default=0,
                     help="before this step, single objects only on the left or right")
     return ap.parse_args(argv)
@@ -151,7 +156,8 @@ class Run:
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
         noise = torch.randn(x0.shape, generator=self.gen)
         u = torch.rand(len(captions), generator=self.gen)
-        t = (999 * u ** cfg["t_power"]).round().long()
+        uniform = torch.rand(len(captions), generator=self.gen) < cfg["t_uniform"]
+        t = (999 * torch.where(uniform, u, u ** cfg["t_power"])).round().long()
         xt = m.scheduler.add_noise(x0, noise, t)
         target = m.scheduler.get_velocity(x0, noise, t)
         pred = m.unet(xt, t, encoder_hidden_states=m.encode(captions)).sample
@@ -167,7 +173,7 @@ class Run:
         with torch.no_grad():
             torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
         self.step += 1
-        return float(mse.mean())
+        return float(mse.detach().mean())
 
     def ema_model(self) -> toymodel.ToyModel:
         """A copy of the model carrying the EMA weights."""
@@ -223,18 +229,27 @@ def main(argv: list[str] | None = None) -> None:
         return
     ckpt = out / "checkpoint.pt"
     log_path = out / "train_log.jsonl"
+    stage_event = None
     if args.resume:
         st = torch.load(ckpt, weights_only=False)
         run = Run(st["cfg"])
         run.load_state(st)
+        if args.stage is not None and args.stage != run.cfg["stage"]:
+            run.cfg["stage"] = args.stage
+            run.best = -1.0  # scores of a new stage are not comparable
+            stage_event = {"step": run.step, "event": f"stage {args.stage}"}
+            (out / "config.json").write_text(json.dumps(run.cfg, indent=2) + "\n")
         # Drop log lines written after the checkpoint (a run that stopped between saves).
         lines = log_path.read_text().splitlines() if log_path.exists() else []
         log_path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= run.step))
+        if stage_event:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(stage_event) + "\n")
     else:
         if ckpt.exists():
             raise SystemExit(f"{ckpt} exists: pass --resume or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        cfg = {k: getattr(args, k) for k in RUN_KEYS}
+        cfg = {k: getattr(args, k) for k in RUN_KEYS} | {"stage": args.stage or 1}
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         run = Run(cfg)
         log_path.write_text("")
@@ -247,10 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     def checkpoint() -> None:
         atomic_save(run.state(), ckpt)
 
+    stop = []  # SIGTERM ends the run cleanly, with a checkpoint, after the current step
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     start = time.time()
     last_ckpt = start
     losses: list[float] = []
-    while time.time() - start < args.minutes * 60 and (args.max_steps is None or run.step < args.max_steps):
+    while (not stop and time.time() - start < args.minutes * 60
+           and (args.max_steps is None or run.step < args.max_steps)):
         t0 = time.time()
         losses.append(run.train_step())
         run.train_seconds += time.time() - t0

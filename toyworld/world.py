@@ -44,7 +44,6 @@ POSITIONS = {
 PLACES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
           "centre": "in the centre"}
 PAIRS = (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))
-PATTERNS = ("plain", "checks", "stripes")
 JITTER = 0.04
 SIZE = 0.50  # object extent as a fraction of the image side
 SUPERSAMPLE = 4
