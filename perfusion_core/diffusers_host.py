@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -200,20 +200,34 @@ class DiffusersHost:
                contexts: tuple[Conditioning, Conditioning] | None = None) -> Tensor:
         """DDIM with classifier-free guidance; one image per prompt and seed, `(N, 3, H, W)` in [0, 1]."""
         cond, uncond = contexts or (self.encode(prompts, embeddings), self.encode([""] * len(prompts), None))
-        # trailing spacing starts at the last timestep (needed by zero-terminal-SNR schedules); no clipping:
-        # with v-prediction and guidance, clipping the x0 estimate inverts colours
-        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=True,
-                                              timestep_spacing="trailing")
-        scheduler.set_timesteps(self.sample_steps)
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
-        x = torch.stack([torch.randn(channels, size, size, generator=torch.Generator().manual_seed(s))
-                         for s in seeds]).to(self.device)
         both = Conditioning(torch.cat([uncond.context, cond.context]), _cat_extra(uncond.extra, cond.extra))
-        for t in scheduler.timesteps:
-            out = self.predict(torch.cat([x, x]), t.expand(2 * len(seeds)).to(self.device), both)
-            out_uncond, out_cond = out.chunk(2)
-            x = scheduler.step(out_uncond + self.guidance * (out_cond - out_uncond), t, x).prev_sample
+        x = guided_ddim(lambda x2, t: self.predict(x2, t.expand(len(x2)).to(self.device), both),
+                        self.scheduler.config, seeded_noise(seeds, channels, size).to(self.device),
+                        self.sample_steps, self.guidance)
         return self.decode(x).cpu()
+
+
+def seeded_noise(seeds: Sequence[int], channels: int, size: int) -> Tensor:
+    """Starting noise, one `(channels, size, size)` draw per seed: the same seed always gives the same noise."""
+    return torch.stack([torch.randn(channels, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def guided_ddim(predict: Callable[[Tensor, Tensor], Tensor], scheduler_config, noise: Tensor, steps: int,
+                guidance: float) -> Tensor:
+    """DDIM with classifier-free guidance; `predict(x, t)` gets `[x; x]` and returns `[uncond; cond]` outputs.
+
+    Trailing spacing starts at the last timestep (needed by zero-terminal-SNR schedules); no clipping:
+    with v-prediction and guidance, clipping the x0 estimate inverts colours.
+    """
+    scheduler = DDIMScheduler.from_config(scheduler_config, clip_sample=False, set_alpha_to_one=True,
+                                          timestep_spacing="trailing")
+    scheduler.set_timesteps(steps)
+    x = noise
+    for t in scheduler.timesteps:
+        out_uncond, out_cond = predict(torch.cat([x, x]), t).chunk(2)
+        x = scheduler.step(out_uncond + guidance * (out_cond - out_uncond), t, x).prev_sample
+    return x
 
 
 def _cat_extra(a: dict, b: dict) -> dict:

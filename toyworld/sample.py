@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, SchedulerMixin, UNet2DConditionModel
+from diffusers import SchedulerMixin, UNet2DConditionModel
 
+from perfusion_core.diffusers_host import guided_ddim, seeded_noise
 from toyworld.model import ToyModel
 
 
 def noise_for(seeds: list[int], res: int) -> torch.Tensor:
     """Starting noise (len(seeds) x 3 x res x res): the same seed always gives the same noise."""
-    return torch.stack([torch.randn(3, res, res, generator=torch.Generator().manual_seed(s)) for s in seeds])
-
-
-def ddim(train_scheduler: SchedulerMixin, steps: int) -> DDIMScheduler:
-    """DDIM over the training schedule, starting at the last timestep; clip_sample off (with
-    v-prediction and guidance, clipping the x0 estimate inverts colours)."""
-    sched = DDIMScheduler.from_config(
-        train_scheduler.config, clip_sample=False, timestep_spacing="trailing", set_alpha_to_one=True
-    )
-    sched.set_timesteps(steps)
-    return sched
+    return seeded_noise(seeds, 3, res)
 
 
 @torch.no_grad()
@@ -29,14 +20,9 @@ def sample(
     noise: torch.Tensor, steps: int = 20, guidance: float = 4.0,
 ) -> torch.Tensor:
     """Images in [-1, 1] from contexts `cond` and `uncond` (each batch x tokens x width, or uncond 1 x ...)."""
-    sched = ddim(scheduler, steps)
-    uncond = uncond.expand_as(cond)
-    context = torch.cat([uncond, cond]).to(unet.dtype)
-    x = noise.to(unet.dtype)
-    for t in sched.timesteps:
-        out = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample
-        out_u, out_c = out.chunk(2)
-        x = sched.step(out_u + guidance * (out_c - out_u), t, x).prev_sample
+    context = torch.cat([uncond.expand_as(cond), cond]).to(unet.dtype)
+    x = guided_ddim(lambda x2, t: unet(x2, t, encoder_hidden_states=context).sample, scheduler.config,
+                    noise.to(unet.dtype), steps, guidance)
     return x.float().clamp(-1, 1)
 
 
