@@ -33,7 +33,8 @@ class Concept:
 
     `i_star`, `v = C⁻¹ i*` and `i_super` live in the context space (width `context_dim`);
     `o_v` maps each cross-attention layer's canonical name to its value target;
-    `embeddings` holds the concept word's input embedding, one per text encoder.
+    `embeddings` holds the concept word's input embedding, one per text encoder;
+    `o_k` is empty for a key-locked concept (the paper's method), or holds trained key targets per layer.
     """
 
     word: str
@@ -46,6 +47,7 @@ class Concept:
     i_super: Tensor
     embeddings: list[Tensor]
     o_v: dict[str, Tensor]
+    o_k: dict[str, Tensor] = field(default_factory=dict)
     c_fingerprint: str = ""
     training: dict[str, str] = field(default_factory=dict)
     title: str = ""
@@ -72,11 +74,18 @@ class Concept:
             raise PerfusionError(f"concept {self.word!r}: needs one 1-d word embedding per text encoder")
         if not self.o_v or any(t.ndim != 1 for t in self.o_v.values()):
             raise PerfusionError(f"concept {self.word!r}: needs one 1-d value target per cross-attention layer")
-        tensors = [self.i_star, self.v, self.i_super, *self.embeddings, *self.o_v.values()]
+        if self.o_k and (set(self.o_k) != set(self.o_v) or any(t.ndim != 1 for t in self.o_k.values())):
+            raise PerfusionError(f"concept {self.word!r}: trained key targets must cover the value targets' layers")
+        tensors = [self.i_star, self.v, self.i_super, *self.embeddings, *self.o_v.values(), *self.o_k.values()]
         if not all(torch.isfinite(t).all() for t in tensors):
             raise PerfusionError(f"concept {self.word!r} contains NaN or inf values: retrain it")
         if float(self.i_star.double() @ self.v.double()) <= 0:
             raise PerfusionError(f"concept {self.word!r}: i*·v must be positive (v = C⁻¹ i*); the file is damaged")
+
+    @property
+    def key_locked(self) -> bool:
+        """True when K is locked to the superclass (no trained key targets)."""
+        return not self.o_k
 
     @property
     def architecture(self) -> str:

@@ -63,6 +63,7 @@ class DiffusersHost:
         self.word: str | None = None
         self.superclass: str | None = None
         self._word_ids: list[int] = []
+        self._added_words: set[str] = set()
 
     @property
     def is_sdxl(self) -> bool:
@@ -84,7 +85,6 @@ class DiffusersHost:
 
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
         embeddings = []
-        self._word_ids = []
         for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
             ids = tokenizer(superclass, add_special_tokens=False).input_ids
             if len(ids) != 1:
@@ -94,18 +94,34 @@ class DiffusersHost:
                     f"the superclass {superclass!r} is {len(ids)} tokens for this tokenizer; it must be one token: "
                     f"use a single-token word{hint}"
                 )
-            if word in tokenizer.get_vocab() or f"{word}</w>" in tokenizer.get_vocab():
+            known = word in tokenizer.get_vocab() or f"{word}</w>" in tokenizer.get_vocab()
+            if known and word not in self._added_words:
                 raise TrainingError(
                     f"{word!r} is already a word of the tokenizer; choose a new word for the concept "
                     "(a made-up one such as 'hugsy')"
                 )
-            if word != self.word:
-                tokenizer.add_tokens([word])
-                encoder.resize_token_embeddings(len(tokenizer))
-            self._word_ids.append(tokenizer.convert_tokens_to_ids(word))
             embeddings.append(encoder.get_input_embeddings().weight[ids[0]].detach().clone())
+        self._word_ids = self._add_word(word)
         self.word, self.superclass = word, superclass
         return embeddings
+
+    def _add_word(self, word: str) -> list[int]:
+        """Make `word` one token of every tokenizer (once) and return its ids."""
+        ids = []
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+            if word not in self._added_words:
+                tokenizer.add_tokens([word])
+                encoder.resize_token_embeddings(len(tokenizer))
+            ids.append(tokenizer.convert_tokens_to_ids(word))
+        self._added_words.add(word)
+        return ids
+
+    def install_word(self, word: str, embeddings: list[Tensor]) -> None:
+        """Make `word` a token whose input embedding is `embeddings` (one per text encoder), as a host does
+        when it applies a concept; prompts then need no substitute embeddings."""
+        with torch.no_grad():
+            for word_id, encoder, embedding in zip(self._add_word(word), self.text_encoders, embeddings, strict=True):
+                encoder.get_input_embeddings().weight[word_id] = embedding.to(self.device)
 
     @contextmanager
     def _word_embeddings(self, encoder_index: int, embedding: Tensor | None):

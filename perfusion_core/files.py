@@ -88,6 +88,7 @@ def concept_tensors(concept: Concept) -> dict[str, Tensor]:
     }
     tensors.update({f"embedding.{k}": _compact(e) for k, e in enumerate(concept.embeddings)})
     tensors.update({f"{layer}.o_v": _compact(t) for layer, t in concept.o_v.items()})
+    tensors.update({f"{layer}.o_k": _compact(t) for layer, t in concept.o_k.items()})
     return tensors
 
 
@@ -224,6 +225,7 @@ def concept_from_parts(tensors: Mapping[str, Tensor], metadata: Mapping[str, str
             i_super=_take(tensors, "i_super", path),
             embeddings=[_take(tensors, f"embedding.{k}", path) for k in range(n_embeddings)],
             o_v={k[: -len(".o_v")]: _take(tensors, k, path) for k in sorted(tensors) if k.endswith(".o_v")},
+            o_k={k[: -len(".o_k")]: _take(tensors, k, path) for k in sorted(tensors) if k.endswith(".o_k")},
             c_fingerprint=metadata.get("perfusion.c_fingerprint", ""),
             training={k[len(prefix) :]: v for k, v in metadata.items() if k.startswith(prefix)},
             title=metadata.get("modelspec.title", ""),

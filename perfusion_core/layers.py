@@ -141,10 +141,12 @@ def check_concept(concept: Concept, layers: list[CrossAttentionLayer]) -> None:
             f"{len(by_name)} cross-attention layers (missing: {missing[:3]}, unknown: {extra[:3]}): "
             "it was trained on a differently shaped UNet; retrain it on this model"
         )
-    for name, target in concept.o_v.items():
-        if target.shape[0] != by_name[name].v_dim:
+    widths = [(name, t, by_name[name].v_dim) for name, t in concept.o_v.items()]
+    widths += [(name, t, by_name[name].k_dim) for name, t in concept.o_k.items()]
+    for name, target, width in widths:
+        if target.shape[0] != width:
             raise IncompatibleConceptError(
-                f"concept '{concept.name}': layer {name} has width {by_name[name].v_dim} here but "
+                f"concept '{concept.name}': layer {name} has width {width} here but "
                 f"{target.shape[0]} in the concept: it was trained on a differently shaped UNet"
             )
 

@@ -38,6 +38,9 @@ class ConceptUse:
     def __post_init__(self) -> None:
         if self.lock not in LOCKS:
             raise PerfusionError(f"lock must be one of {LOCKS}, got {self.lock!r}")
+        if self.lock == "global" and not self.concept.key_locked:
+            raise PerfusionError(f"concept '{self.concept.name}' has trained keys, so it cannot lock them globally: "
+                                 "use lock 'local'")
 
     @property
     def settings(self) -> GateSettings:
@@ -113,15 +116,26 @@ def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) 
         key_projector = _joint_projector([uses[j] for j in local])
     else:
         key_projector = None  # every concept is globally locked: K reads the superclass prompt unedited
-    key_inputs = torch.stack([uses[j].concept.i_super for j in local]) if local else None
+    keyed = [uses[j].concept for j in local]
     return {
         layer.name: LayerPatch(
-            key=GatedProjection(key_projector, added_inputs=key_inputs) if key_projector else None,
+            key=GatedProjection(key_projector, *_key_targets(keyed, layer)) if key_projector else None,
             value=GatedProjection(value_projector, added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses])),
             key_reads_superclass=len(local) < len(uses),
         )
         for layer in layers
     }
+
+
+def _key_targets(concepts: Sequence[Concept], layer: CrossAttentionLayer) -> tuple[Tensor | None, Tensor | None]:
+    """K's added inputs (`i_super` of key-locked concepts) and added outputs (`o*_K` of trained-key ones),
+    each a row per concept with zeros for the others, or None where no concept needs that side."""
+    inputs = [c.i_super if c.key_locked else torch.zeros_like(c.i_super) for c in concepts]
+    outputs = [c.o_k[layer.name] if c.o_k else c.i_super.new_zeros(layer.k_dim) for c in concepts]
+    return (
+        torch.stack(inputs) if any(c.key_locked for c in concepts) else None,
+        None if all(c.key_locked for c in concepts) else torch.stack(outputs),
+    )
 
 
 def _input_of(args: tuple, kwargs: dict) -> Tensor:
@@ -151,46 +165,42 @@ class PatchHandle:
 
     def _install(self) -> None:
         for layer in self.layers:
-            self._hooks += [
-                layer.to_k.register_forward_pre_hook(self._key_hook(layer.name), with_kwargs=True),
-                layer.to_v.register_forward_pre_hook(self._value_pre_hook(layer.name), with_kwargs=True),
-                layer.to_v.register_forward_hook(self._value_post_hook()),
-            ]
+            for side, projection in (("key", layer.to_k), ("value", layer.to_v)):
+                self._hooks += [
+                    projection.register_forward_pre_hook(self._pre_hook(layer.name, side), with_kwargs=True),
+                    projection.register_forward_hook(self._post_hook()),
+                ]
 
-    def _key_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict):
-            patch = self.patches.get(name)
-            if patch is None:  # an empty patch leaves the layer as it is
-                return None
-            e = _input_of(args, kwargs)
-            if patch.key_reads_superclass:
-                if self.superclass_context is None or self.superclass_context.shape != e.shape:
-                    raise PerfusionError(
-                        "global locking needs the prompt encoded with the superclass word, of the same shape "
-                        "as the context: call handle.set_superclass_context(...) before sampling"
-                    )
-                e = self.superclass_context.to(e.device, e.dtype)
-            if patch.key is not None:
-                e, _ = patch.key.rewrite_input(e)
-            return _with_input(args, kwargs, e)
+    def _superclass_input(self, e: Tensor) -> Tensor:
+        if self.superclass_context is None or self.superclass_context.shape != e.shape:
+            raise PerfusionError(
+                "global locking needs the prompt encoded with the superclass word, of the same shape "
+                "as the context: call handle.set_superclass_context(...) before sampling"
+            )
+        return self.superclass_context.to(e.device, e.dtype)
 
-        return hook
-
-    def _value_pre_hook(self, name: str):
+    def _pre_hook(self, name: str, side: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             # The output hook of the same call pops this entry and adds the gated targets.
             pending = self._pending.setdefault(id(module), [])
             patch = self.patches.get(name)
-            if patch is None:
+            if patch is None:  # an empty patch leaves the layer as it is
                 pending.append(None)
                 return None
-            rewritten, weighted_gates = patch.value.rewrite_input(_input_of(args, kwargs))
-            pending.append((patch.value, weighted_gates))
-            return _with_input(args, kwargs, rewritten)
+            e = _input_of(args, kwargs)
+            if side == "key" and patch.key_reads_superclass:
+                e = self._superclass_input(e)
+            projection: GatedProjection | None = getattr(patch, side)
+            if projection is None:
+                pending.append(None)
+            else:
+                e, weighted_gates = projection.rewrite_input(e)
+                pending.append((projection, weighted_gates))
+            return _with_input(args, kwargs, e)
 
         return hook
 
-    def _value_post_hook(self):
+    def _post_hook(self):
         def hook(module: nn.Module, _args: tuple, out: Tensor) -> Tensor:
             entry = self._pending[id(module)].pop()
             return out if entry is None else entry[0].finish_output(out, entry[1])

@@ -2,7 +2,8 @@
 
 A host (diffusers, ComfyUI, A1111) implements the small `TrainingHost` protocol; nothing else about
 it reaches the loop. Only the value targets `o*_V` and the concept word's embedding(s) are trained;
-`i*` follows the concept word's encoding by EMA, the keys stay locked to the superclass.
+`i*` follows the concept word's encoding by EMA, the keys stay locked to the superclass (or, with
+`lock_keys=False`, the paper's ablation, key targets `o*_K` are trained like the value targets).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class TrainSettings:
     preview_seeds: tuple[int, ...] = (0,)
     templates: tuple[str, ...] = TEMPLATES
     gradient_checkpointing: bool = False
+    lock_keys: bool = True
 
     def __post_init__(self) -> None:
         self.grad_accum = self.grad_accum or math.ceil(16 / self.batch_size)
@@ -131,10 +133,14 @@ class TrainSettings:
 
 @dataclass
 class TrainingData:
-    """Training images `(N, 3, H, W)` in [0, 1] of one size, and optional masks `(N, H, W)` in [0, 1]."""
+    """Training images `(N, 3, H, W)` in [0, 1] of one size, optional masks `(N, H, W)` in [0, 1], and
+    optional captions: one prompt per image with `{}` where the concept word goes, used instead of the
+    templates (describe what is not the concept, such as place and background, so the word need not carry it).
+    """
 
     images: Tensor
     masks: Tensor | None = None
+    captions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[0] == 0 or self.images.shape[1] != 3:
@@ -147,6 +153,12 @@ class TrainingData:
                 f"masks have shape {tuple(self.masks.shape)} but the images are {tuple(self.images.shape)}: "
                 "give one mask per image, of the image's size"
             )
+        if self.captions is not None:
+            self.captions = tuple(self.captions)
+            if len(self.captions) != self.images.shape[0]:
+                raise TrainingError(f"{len(self.captions)} captions for {self.images.shape[0]} images: give one each")
+            if not all("{}" in c for c in self.captions):
+                raise TrainingError("every caption needs a {} where the concept word goes")
 
 
 @dataclass
@@ -206,6 +218,7 @@ class Trainer:
         superclass_embeddings = host.prepare_words(settings.word, settings.superclass)
         self.embeddings = [e.detach().float().clone().requires_grad_(True) for e in superclass_embeddings]
         self.targets: dict[str, Tensor] = {}
+        self.key_targets: dict[str, Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.on_preview: Callable[[int, Tensor], None] | None = None
 
@@ -227,22 +240,28 @@ class Trainer:
             self._masks = torch.stack([resized, resized.flip(-1)])
 
     def _init_targets(self, superclass_prompts: list[str]) -> None:
-        """`i_super` from the first batch's superclass prompts; `o*_V = W_V i_super`; `i* = i_super`."""
+        """`i_super` from the first batch's superclass prompts; `o*_V = W_V i_super` (and `o*_K = W_K i_super`
+        when keys are trained); `i* = i_super`."""
         with torch.no_grad():
             context = self.host.encode(superclass_prompts, None).context
             mask = self.host.word_mask(superclass_prompts, self.settings.superclass)
             self.i_super = context[mask].double().mean(0).cpu()
             self.i_star = self.i_super.clone()
             for layer in self.layers:
-                x = self.i_super.to(layer.to_v.weight.device, layer.to_v.weight.dtype)[None]
-                w_i = layer.to_v(x) - layer.to_v(torch.zeros_like(x))  # W_V i_super without the bias
-                self.targets[layer.name] = w_i[0].detach().float().cpu().requires_grad_(True)
+                self.targets[layer.name] = self._superclass_output(layer.to_v)
+                if not self.settings.lock_keys:
+                    self.key_targets[layer.name] = self._superclass_output(layer.to_k)
         self._make_optimizer()
+
+    def _superclass_output(self, projection: nn.Module) -> Tensor:
+        """`W i_super` without the bias, as a trainable float32 target."""
+        x = self.i_super.to(projection.weight.device, projection.weight.dtype)[None]
+        return (projection(x) - projection(torch.zeros_like(x)))[0].detach().float().cpu().requires_grad_(True)
 
     def _make_optimizer(self) -> None:
         s = self.settings
         self.optimizer = torch.optim.AdamW(
-            [{"params": list(self.targets.values()), "lr": s.lr_target},
+            [{"params": [*self.targets.values(), *self.key_targets.values()], "lr": s.lr_target},
              {"params": self.embeddings, "lr": s.lr_embedding}]
         )
 
@@ -254,7 +273,7 @@ class Trainer:
         return Concept(
             word=s.word, superclass=s.superclass, family=self.host.family, context_dim=self.layers[0].context_dim,
             text_encoder_layer=self.host.text_encoder_layer, i_star=self.i_star.float(), v=v,
-            i_super=self.i_super.float(), embeddings=self.embeddings, o_v=self.targets,
+            i_super=self.i_super.float(), embeddings=self.embeddings, o_v=self.targets, o_k=self.key_targets,
             c_fingerprint=self._moment.fingerprint,
             training={"beta": str(s.beta), "tau": str(s.tau), "steps": str(self.step),
                       "images": str(self.data.images.shape[0]), "seed": str(s.seed)},
@@ -268,6 +287,8 @@ class Trainer:
         index = torch.randint(n, (s.batch_size,), generator=g)
         flip = (torch.rand(s.batch_size, generator=g) < s.flip).long()
         templates = [s.templates[k] for k in torch.randint(len(s.templates), (s.batch_size,), generator=g).tolist()]
+        if self.data.captions is not None:
+            templates = [self.data.captions[k] for k in index.tolist()]
         t = torch.randint(self.host.objective.num_timesteps, (s.batch_size,), generator=g)
         x0 = self._latents[flip, index]
         return _Batch(
@@ -298,7 +319,7 @@ class Trainer:
             weights = batch.masks.to(device)
             loss = (error * weights).sum() / (weights.sum() * error.shape[1])
         (loss / s.grad_accum).backward()
-        return float(loss)
+        return float(loss.detach())
 
     def _check_loss(self, loss: float) -> None:
         if not math.isfinite(loss):
@@ -321,7 +342,8 @@ class Trainer:
 
     def _parameter_names(self) -> list[str]:
         """State-file names of the optimizer's parameters, in its order."""
-        return [*(f"target.{n}" for n in self.targets), *(f"embedding.{k}" for k in range(len(self.embeddings)))]
+        return [*(f"target.{n}" for n in self.targets), *(f"key_target.{n}" for n in self.key_targets),
+                *(f"embedding.{k}" for k in range(len(self.embeddings)))]
 
     def save(self) -> None:
         """Write the lean concept file and the full training state beside it, both atomically."""
@@ -331,6 +353,7 @@ class Trainer:
             "rng": self.generator.get_state(), "losses": torch.tensor(self.losses, dtype=torch.float64),
             **{f"embedding.{k}": e for k, e in enumerate(self.embeddings)},
             **{f"target.{name}": t for name, t in self.targets.items()},
+            **{f"key_target.{name}": t for name, t in self.key_targets.items()},
         }
         names = self._parameter_names()
         for k, entry in self.optimizer.state_dict()["state"].items():
@@ -362,6 +385,9 @@ class Trainer:
                 e.copy_(tensors[f"embedding.{k}"])
         trainer.targets = {layer.name: tensors[f"target.{layer.name}"].requires_grad_(True)
                            for layer in trainer.layers}
+        if not settings.lock_keys:
+            trainer.key_targets = {layer.name: tensors[f"key_target.{layer.name}"].requires_grad_(True)
+                                   for layer in trainer.layers}
         trainer._make_optimizer()
         state = trainer.optimizer.state_dict()
         state["state"] = {

@@ -39,9 +39,9 @@ def _assert_same(a, b, tolerance=0.0):
         b.word, b.superclass, b.family, b.context_dim, b.text_encoder_layer)
     assert a.training == b.training and a.c_fingerprint == b.c_fingerprint
     assert torch.equal(a.i_star, b.i_star) and torch.equal(a.v, b.v)  # always stored in float32
-    assert a.o_v.keys() == b.o_v.keys()
-    others = zip([a.i_super, *a.embeddings, *(a.o_v[k] for k in a.o_v)],
-                 [b.i_super, *b.embeddings, *(b.o_v[k] for k in a.o_v)], strict=True)
+    assert a.o_v.keys() == b.o_v.keys() and a.o_k.keys() == b.o_k.keys()
+    others = zip([a.i_super, *a.embeddings, *(a.o_v[k] for k in a.o_v), *(a.o_k[k] for k in a.o_k)],
+                 [b.i_super, *b.embeddings, *(b.o_v[k] for k in a.o_v), *(b.o_k[k] for k in a.o_k)], strict=True)
     for x, y in others:
         assert (x - y).abs().max() <= tolerance * x.abs().max()
 
@@ -57,6 +57,17 @@ def test_round_trip_and_metadata(tmp_path, sd1_layers):
     assert meta["modelspec.trigger_phrase"] == "hugsy" and meta["modelspec.hash_sha256"].startswith("0x")
     assert meta["perfusion.format_version"] == str(FORMAT_VERSION) and loaded.thumbnail == concept.thumbnail
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic save left no temporary file
+
+
+def test_trained_key_targets_round_trip(tmp_path, sd1_layers):
+    concept = random_concept(sd1_layers)
+    concept.o_k = {layer.name: torch.randn(layer.k_dim) for layer in sd1_layers}
+    loaded = load_concept(save_concept(concept, tmp_path / "k.safetensors"))
+    _assert_same(concept, loaded, tolerance=1e-3)
+    assert not loaded.key_locked and random_concept(sd1_layers).key_locked
+    concept.o_k.popitem()
+    with pytest.raises(PerfusionError, match="key targets"):
+        concept.validate()
 
 
 @pytest.mark.parametrize(("family", "limit_kb"), [("sd1", 40), ("sdxl", 220)])

@@ -63,7 +63,7 @@ def test_patch_twice_remove_twice_and_context_manager(sd1_unet, sd1_layers):
     with patch_unet(sd1_unet, [(b, 0.7, 0.15)]) as second:  # replaces the first
         assert not first.active and second.active
         only_b = _run(sd1_unet, inputs)
-        assert _hook_count(sd1_unet) == 3 * len(sd1_layers)
+        assert _hook_count(sd1_unet) == 4 * len(sd1_layers)  # pre and post hooks on to_k and to_v
     first.remove()
     second.remove()
     assert torch.equal(_run(sd1_unet, inputs), before)
@@ -101,6 +101,23 @@ def test_hooks_compute_the_layer_math(sd1_unet, sd1_layers):
     expected_v = base_v - s[..., None] * (w_v @ concept.i_star) + g[..., None] * concept.o_v[layer.name]
     expected_k = base_k - s[..., None] * (w_k @ concept.i_star) + g[..., None] * (w_k @ concept.i_super)
     assert torch.allclose(v, expected_v, atol=1e-4) and torch.allclose(k, expected_k, atol=1e-4)
+
+
+def test_trained_keys_replace_the_lock_and_mix_with_locked_concepts(sd1_unet, sd1_layers):
+    locked = random_concept(sd1_layers, "aaa", seed=1)
+    trained = random_concept(sd1_layers, "bbb", seed=2)
+    trained.o_k = {layer.name: torch.randn(layer.k_dim) for layer in sd1_layers}
+    layer = sd1_layers[2]
+    e = torch.stack([locked.i_star, trained.i_star])[None]
+    with patch_unet(sd1_unet, [(locked, 0.7, 0.15), (trained, 0.7, 0.15)]) as handle:
+        k = layer.to_k(e)[0]
+        projector = handle.patches[layer.name].key.projector
+    g = gate(projector.similarity(e[0]), 0.7, 0.15)  # (token, concept)
+    w_k = layer.to_k.weight
+    # the joint projector removes both encodings; each token keeps only the gated targets
+    assert torch.allclose(k, g[:, :1] * (w_k @ locked.i_super) + g[:, 1:] * trained.o_k[layer.name], atol=1e-4)
+    with pytest.raises(PerfusionError, match="trained keys"):
+        ConceptUse(trained, lock="global")
 
 
 def test_global_lock_reads_the_superclass_prompt(sd1_unet, sd1_layers):

@@ -201,3 +201,33 @@ def test_command_line_resume_equals_one_run(sd1_folder, tmp_path):
     assert "4/4" in done.stderr and (tmp_path / "part.loss.png").is_file()
     a, b = load_concept(tmp_path / "whole.safetensors"), load_concept(tmp_path / "part.safetensors")
     assert torch.equal(a.i_star, b.i_star) and all(torch.equal(a.o_v[n], b.o_v[n]) for n in a.o_v)
+
+
+def test_captions_replace_the_templates(sd1_folder, tmp_path):
+    host = _host(sd1_folder, tmp_path)
+    seen: list[str] = []
+    encode = host.encode
+    # the prompts that carry the trained embedding are the training prompts
+    host.encode = lambda prompts, embeddings: (embeddings is not None and seen.extend(prompts)) or encode(
+        prompts, embeddings)
+    captions = ("a {} on a beach", "a {} in snow")
+    Trainer(host, TrainingData(random_images(2), captions=captions), _settings(steps=2),
+            tmp_path / "c.safetensors").run()
+    assert seen and set(seen) <= {c.format("hugsy") for c in captions}
+    with pytest.raises(TrainingError, match="one each"):
+        TrainingData(random_images(2), captions=captions[:1])
+    with pytest.raises(TrainingError, match="where the concept word goes"):
+        TrainingData(random_images(1), captions=("no word here",))
+
+
+def test_trained_keys_learn_key_targets_and_resume(sd1_folder, tmp_path):
+    data = TrainingData(random_images(2))
+    settings = _settings(steps=2, lock_keys=False)
+    whole = Trainer(_host(sd1_folder, tmp_path), data, settings, tmp_path / "whole.safetensors").run().concept
+    assert not whole.key_locked and set(whole.o_k) == set(whole.o_v)
+    layer = Trainer(_host(sd1_folder, tmp_path), data, settings, tmp_path / "x.safetensors").layers[0]
+    assert not torch.allclose(whole.o_k[layer.name], layer.to_k(whole.i_super[None])[0], atol=1e-4)  # moved
+    Trainer(_host(sd1_folder, tmp_path), data, _settings(steps=1, lock_keys=False),
+            tmp_path / "part.safetensors").run()
+    resumed = Trainer.resume(_host(sd1_folder, tmp_path), data, tmp_path / "part.safetensors", steps=2).run().concept
+    assert all(torch.equal(whole.o_k[n], resumed.o_k[n]) for n in whole.o_k)
