@@ -1,21 +1,26 @@
-"""Forge and reForge: install the uses recorded by `activate` in the UNet clone of one sampling pass.
+"""Forge and reForge: install the patch built by `activate` in the UNet clone of one sampling pass.
 
 Forge resets `forge_objects` before every batch and hires pass, so a patch on a clone never outlives its
 pass. Each `attn2.to_k`/`to_v` gets an object patch of its `forward` only: parameters keep their names
 and the module's own forward (LoRA, fp8/GGUF casting) still computes the projection.
+
+The forward to wrap is the clone's own object patch if it has one, else the module's class method: not
+what the module holds now, because the last pass's clone stays loaded (its patch applied) until this
+clone is loaded, and Forge's clones do not share the backups that would tell the two apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MethodType
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from perfusion_core import build_patch, cross_attention_layers
+from perfusion_core import cross_attention_layers
 from perfusion_core.rank1 import GatedProjection
 
 from . import backend
-from .network import USES_ATTRIBUTE
+from .network import PATCHES_ATTRIBUTE
 
 
 def _patched_forward(original: Callable[..., Tensor], projection: GatedProjection) -> Callable[..., Tensor]:
@@ -25,18 +30,21 @@ def _patched_forward(original: Callable[..., Tensor], projection: GatedProjectio
     return forward
 
 
+def _unpatched_forward(unet, key: str, module: nn.Module) -> Callable[..., Tensor]:
+    return unet.object_patches.get(key) or MethodType(type(module).forward, module)
+
+
 def patch_clone(p) -> None:
-    """Replace `p.sd_model.forge_objects.unet` by a clone carrying the recorded concepts (if any)."""
-    uses = getattr(p, USES_ATTRIBUTE, None)
-    if not uses or not backend.is_forge(p.sd_model):
+    """Replace `p.sd_model.forge_objects.unet` by a clone carrying the recorded patch (if any)."""
+    patches = getattr(p, PATCHES_ATTRIBUTE, None)
+    if not patches or not backend.is_forge(p.sd_model):
         return
     unet = p.sd_model.forge_objects.unet.clone()
-    layers = cross_attention_layers(unet.model.diffusion_model)
-    patches = build_patch(layers, uses)
-    for layer in layers:
+    for layer in cross_attention_layers(unet.model.diffusion_model):
         patch = patches[layer.name]
         for name, projection in (("to_k", patch.key), ("to_v", patch.value)):
             if projection is not None:
                 key = f"diffusion_model.{layer.path}.{name}.forward"
-                unet.add_object_patch(key, _patched_forward(unet.get_model_object(key), projection))
+                original = _unpatched_forward(unet, key, getattr(layer, name))
+                unet.add_object_patch(key, _patched_forward(original, projection))
     p.sd_model.forge_objects.unet = unet

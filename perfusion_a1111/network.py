@@ -4,9 +4,10 @@ On A1111 the patch is `perfusion_core.patch_unet` (forward hooks on every `attn2
 own projection still runs, so Lora and fp8 casting apply). A1111 calls `deactivate` only when sampling
 succeeds, so every `activate` first removes what the previous one installed. `lock=global` adds
 `global_lock.SuperclassContexts`. On Forge and reForge,
-`activate` only records the uses on `p`; `forge.patch_clone` installs them in the per-batch UNet clone.
-An error (unknown name, wrong base model) makes the next UNet call raise it, so the generation stops
-with the message instead of silently running without the concept.
+`activate` builds the patch and records it on `p`; `forge.patch_clone` installs it in the per-batch UNet clone.
+An error (unknown name, wrong base model, concepts that cannot be combined) makes the next UNet call raise
+it, so the generation stops with the message instead of silently running without the concept: the web UI
+only logs an exception raised by `activate` or by a script.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from perfusion_core import (
     ConceptUse,
     PatchHandle,
     PerfusionError,
+    build_patch,
     check_concept,
     cross_attention_layers,
     patch_unet,
@@ -32,7 +34,7 @@ from .global_lock import SuperclassContexts
 from .library import ConceptFile, ConceptLibrary
 from .tags import TAG, ConceptRequest, format_hashes, format_infotext, parse_hashes, parse_request
 
-USES_ATTRIBUTE = "perfusion_uses"  # on `p`, for the Forge path
+PATCHES_ATTRIBUTE = "perfusion_patches"  # on `p`, for the Forge path: layer name -> LayerPatch
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         sd_model = getattr(p, "sd_model", None)
         if sd_model is None:  # A1111 activates with a bare `p` while loading a model
             return
-        setattr(p, USES_ATTRIBUTE, [])
+        setattr(p, PATCHES_ATTRIBUTE, {})
         try:
             resolved = self.resolve(params_list, sd_model)
         except PerfusionError as error:
@@ -105,12 +107,16 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         if not resolved:
             return
         self.record_infotext(p, resolved)
-        uses = [r.use for r in resolved]
-        if backend.is_forge(sd_model):
-            setattr(p, USES_ATTRIBUTE, uses)
-            return
         unet = backend.unet_of(sd_model)
-        self.handle = patch_unet(unet, uses)
+        try:
+            uses = [r.use for r in resolved]
+            if backend.is_forge(sd_model):
+                setattr(p, PATCHES_ATTRIBUTE, build_patch(cross_attention_layers(unet), uses))
+                return
+            self.handle = patch_unet(unet, uses)
+        except PerfusionError as error:
+            self.fail(sd_model, error)
+            return
         global_words = {r.concept.word: r.concept.superclass for r in resolved if r.request.lock == "global"}
         if global_words:
             try:

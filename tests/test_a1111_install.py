@@ -1,5 +1,5 @@
-"""`install.py` as ComfyUI-Manager runs it (no `launch` module) and as AUTOMATIC1111 runs it (with `launch`):
-it installs only what is missing, and never torch."""
+"""`install.py` as ComfyUI-Manager runs it (no `launch` module) and as AUTOMATIC1111 (and, with `FORGE_PATH`,
+Forge) runs it (with `launch`): it installs only what is missing, and never torch."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-A1111_PATH = os.environ.get("A1111_PATH")
-A1111_PYTHON = os.environ.get("A1111_PYTHON") or (f"{A1111_PATH}/venv/bin/python" if A1111_PATH else "")
+HOSTS = ("A1111", "FORGE")  # as in test_a1111_server.py: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
+
+
+def _host(prefix: str) -> tuple[str, str]:
+    path = os.environ.get(f"{prefix}_PATH", "")
+    return path, os.environ.get(f"{prefix}_PYTHON") or (f"{path}/venv/bin/python" if path else "")
 
 PIP_STUB = """import json, os, sys
 with open(os.environ["PERFUSION_TEST_CALLS"], "a") as f:
@@ -69,27 +73,30 @@ def test_with_launch_run_pip_gets_only_the_missing_package(tmp_path):
     assert [c["run_pip"] for c in calls] == ['install "perfusion-test-surely-missing"']
 
 
-def _a1111_installer(extension: Path, **env: str) -> str:
-    """Run `extension/install.py` through A1111's own `launch_utils.run_extension_installer`; return its output."""
+def _a1111_installer(host: tuple[str, str], extension: Path, **env: str) -> str:
+    """Run `extension/install.py` through the web UI's own `launch_utils.run_extension_installer`; return its output."""
+    path, python = host
     result = subprocess.run(
-        [A1111_PYTHON, "-c", f"from modules import launch_utils; launch_utils.run_extension_installer({str(extension)!r})"],
-        cwd=A1111_PATH, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": A1111_PATH, **env}, check=True,
+        [python, "-c", f"from modules import launch_utils; launch_utils.run_extension_installer({str(extension)!r})"],
+        cwd=path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path, **env}, check=True,
     )
     return result.stdout + result.stderr
 
 
 @pytest.mark.a1111
-def test_a1111_runs_it_and_nothing_changes(request, tmp_path):
-    if not A1111_PATH:
-        pytest.skip(f"{request.node.name}: A1111_PATH is not set (see tests/README.md, AUTOMATIC1111)")
+@pytest.mark.parametrize("prefix", HOSTS, ids=str.lower)
+def test_a1111_runs_it_and_nothing_changes(request, tmp_path, prefix):
+    host = _host(prefix)
+    if not host[0]:
+        pytest.skip(f"{request.node.name}: {prefix}_PATH is not set (see tests/README.md, AUTOMATIC1111)")
 
     def freeze() -> str:
-        return subprocess.run([A1111_PYTHON, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+        return subprocess.run([host[1], "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
 
     before = freeze()
-    assert "Error running install.py" not in (output := _a1111_installer(REPO)), output
+    assert "Error running install.py" not in (output := _a1111_installer(host, REPO)), output
     assert freeze() == before and "torch==" in before
     # a missing package goes to launch.run_pip (a no-op under --skip-install); plain pip would fail on it
-    output = _a1111_installer(_extension(tmp_path, MISSING), COMMANDLINE_ARGS="--skip-install")
+    output = _a1111_installer(host, _extension(tmp_path, MISSING), COMMANDLINE_ARGS="--skip-install")
     assert "Error running install.py" not in output, output
     assert freeze() == before

@@ -7,6 +7,11 @@ Run with A1111's own interpreter, from its root, so `ldm` and `open_clip` import
 writes `OUT_DIR/NAME.safetensors` with `NAME.yaml` beside it (A1111 prefers that config) and a local CLIP
 tokenizer folder, all without network access. Each `--concept FILE` (`WORD.safetensors`) also gets a
 random concept that fits the model. This module holds no tests; the acceptance tests import nothing from it.
+
+Forge (run from its root: `backend/loader.py` is there) recognises a checkpoint only by its UNet's shape and
+builds the text encoder and VAE from the configs it ships, so there CONTEXT_DIM must be 768 (SD1) or 1024
+(SD2): the UNet is small (two levels, 320 channels), the text encoder and VAE are full size, all with
+Forge's own classes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import gzip
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 TEXT_WIDTH_HEADS = 2
 
@@ -95,8 +101,11 @@ def build_model(path: Path, seed: int):
     return model
 
 
+SUPERCLASSES = ("toy", "dog")  # by seed: two concepts with one i* could not be combined (singular projector)
+
+
 def write_concept(model, word: str, out: Path, seed: int) -> None:
-    """A random concept for `model` whose `i*` is the word's own encoding in a short prompt."""
+    """A random concept for `model` whose `i*` is its superclass's encoding in a short prompt."""
     import torch
 
     from perfusion_core import Concept, cross_attention_layers, save_concept
@@ -106,14 +115,16 @@ def write_concept(model, word: str, out: Path, seed: int) -> None:
     width = layers[0].context_dim
     g = torch.Generator().manual_seed(seed)
     encoder = model.cond_stage_model
+    superclass = SUPERCLASSES[(seed - 1) % len(SUPERCLASSES)]
     with torch.no_grad():
-        ids = encoder.tokenizer(["a photo of a toy"], padding="max_length", max_length=77, return_tensors="pt")
+        ids = encoder.tokenizer([f"a photo of a {superclass}"], padding="max_length", max_length=77,
+                                return_tensors="pt")
         context = encoder.transformer(input_ids=ids.input_ids).last_hidden_state[0]
-    i_star = context[5].double()  # "toy" (after <bos> a photo of a)
+    i_star = context[5].double()  # the superclass (after <bos> a photo of a)
     c_inv = torch.linalg.inv((context.double().T @ context.double()) / context.shape[0]
                              + 1e-2 * torch.eye(width, dtype=torch.float64))
     concept = Concept(
-        word=word, superclass="toy", family=family_for_width(width), context_dim=width,
+        word=word, superclass=superclass, family=family_for_width(width), context_dim=width,
         text_encoder_layer="last", i_star=i_star.float(), v=(c_inv @ i_star).float(),
         i_super=i_star.float(), embeddings=[torch.randn(width, generator=g) * 0.3],
         o_v={layer.name: torch.randn(layer.v_dim, generator=g) * 3 for layer in layers},
@@ -122,15 +133,63 @@ def write_concept(model, word: str, out: Path, seed: int) -> None:
     save_concept(concept, out)
 
 
+FORGE_REPOS = {768: "runwayml/stable-diffusion-v1-5", 1024: "stabilityai/stable-diffusion-2-1"}
+
+
+def build_forge_model(path: Path, context_dim: int, seed: int):
+    """A checkpoint Forge detects as SD1 (context 768) or SD2 (1024); returns (unet, text model, tokenizer)."""
+    import torch
+    from backend.nn.unet import IntegratedUNet2DConditionModel
+    from backend.nn.vae import IntegratedAutoencoderKL
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    repo = Path("backend/huggingface") / FORGE_REPOS[context_dim]
+    sd2 = context_dim == 1024
+    torch.manual_seed(seed)
+    unet = IntegratedUNet2DConditionModel(
+        in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
+        num_heads=-1 if sd2 else 8, num_head_channels=64 if sd2 else -1, use_spatial_transformer=True,
+        transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
+        context_dim=context_dim, use_linear_in_transformer=sd2)
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(repo / "text_encoder"))
+    vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(repo / "vae"))
+    parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae),
+             ("cond_stage_model.model.transformer." if sd2 else "cond_stage_model.transformer.", text)]
+    state = {}
+    for prefix, module in parts:
+        for key, t in module.state_dict().items():
+            if module is not vae and t.is_floating_point() and not t.any():  # as in build_model
+                t = torch.randn(t.shape) * 0.02
+            state[prefix + key] = t.detach().half().contiguous()
+    save_file(state, path.with_suffix(".safetensors"))
+    return unet, text, CLIPTokenizer.from_pretrained(repo / "tokenizer")
+
+
+def write_forge_concept(unet, text, tokenizer, word: str, out: Path, seed: int) -> None:
+    """As `write_concept`, for a model from `build_forge_model`."""
+    model = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet),
+                            cond_stage_model=SimpleNamespace(tokenizer=tokenizer, transformer=text))
+    write_concept(model, word, out, seed)
+
+
 def main(argv: list[str]) -> None:
     out, name, context_dim, seed = Path(argv[0]).resolve(), argv[1], int(argv[2]), int(argv[3])
-    sys.path.insert(0, "repositories/stable-diffusion-stability-ai")
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # perfusion_core, for --concept
+    concepts = [Path(argv[k + 1]).resolve() for k, a in enumerate(argv) if a == "--concept"]
+    if Path("backend/loader.py").is_file():  # Forge
+        sys.path[:0] = [".", "packages_3rdparty"]
+        sys.argv[1:] = ["--always-cpu"]  # Forge's backend reads its flags when imported
+        out.mkdir(parents=True, exist_ok=True)
+        unet, text, tokenizer = build_forge_model(out / name, context_dim, seed)
+        for seed, concept in enumerate(concepts, start=1):
+            write_forge_concept(unet, text, tokenizer, concept.stem, concept, seed)
+        return
+    sys.path.insert(0, "repositories/stable-diffusion-stability-ai")
     tokenizer = out / f"{name}-tokenizer"
     write_tokenizer(tokenizer, context_dim)
     write_config(out / f"{name}.yaml", tokenizer, context_dim)
     model = build_model(out / name, seed)
-    concepts = [Path(argv[k + 1]).resolve() for k, a in enumerate(argv) if a == "--concept"]
     for seed, concept in enumerate(concepts, start=1):
         write_concept(model, concept.stem, concept, seed)
 
