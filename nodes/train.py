@@ -51,8 +51,8 @@ def _inputs() -> list:
                        tooltip="Learning rate of the trigger word's embedding (the paper: 0.006)."),
         io.Int.Input("batch_size", default=4, min=1, max=64,
                      tooltip="Images per forward pass; gradients are accumulated to an effective batch of 16."),
-        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the image, timestep and noise "
-                                                                      "draws, and of the previews."),
+        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,  # a rerun reproduces
+                     tooltip="Seed of the image, timestep and noise draws, and of the previews."),
         io.Float.Input("beta", default=0.75, min=0.0, max=1.0, step=0.01,
                        tooltip="Gate bias β during training (the paper: 0.75)."),
         io.Float.Input("tau", default=0.10, min=0.01, max=1.0, step=0.01,

@@ -17,8 +17,19 @@ function trainView() {
   chart.style.cssText = "width:100%;height:120px;background:rgba(0,0,0,0.25);border-radius:4px";
   const preview = document.createElement("img");
   preview.style.cssText = "width:100%;object-fit:contain;display:none;border-radius:4px";
+  preview.addEventListener("load", () => app.graph?.setDirtyCanvas(true, true));
   root.append(status, chart, preview);
   return { root, status, chart, preview };
+}
+
+// The height the view needs: the status line, the chart and, once there is one, the preview at full width.
+function viewHeight(view) {
+  let height = (view.status.offsetHeight || 16) + 4 + 120;
+  const { preview } = view;
+  if (preview.style.display !== "none" && preview.naturalWidth) {
+    height += 4 + (view.root.clientWidth * preview.naturalHeight) / preview.naturalWidth;
+  }
+  return height;
 }
 
 function drawLoss(canvas, losses) {
@@ -69,8 +80,14 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.perfusionTrain = trainView();
-      this.addDOMWidget("training", "perfusion_train", this.perfusionTrain.root, { serialize: false });
+      const view = trainView();
+      this.perfusionTrain = view;
+      let widget;
+      // The node makes room for the view (a DOM widget gets 50 px otherwise) and grows with the preview.
+      widget = this.addDOMWidget("training", "perfusion_train", view.root, {
+        serialize: false,
+        getMinHeight: () => viewHeight(view) + 2 * (widget?.margin ?? 10),
+      });
       return result;
     };
   },

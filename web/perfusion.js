@@ -28,6 +28,10 @@ function show(view, info) {
   if (info.thumbnail) view.img.src = info.thumbnail;
 }
 
+function infoHeight(view) {
+  return Math.max(view.img.style.display === "none" ? 0 : 64, view.text.offsetHeight);
+}
+
 async function fetchInfo(name) {
   if (!name) return null;
   const response = await api.fetchApi(`/perfusion/concept?name=${encodeURIComponent(name)}`);
@@ -43,9 +47,17 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       const view = infoElement();
       this.perfusionInfo = view;
-      this.addDOMWidget("concept_info", "perfusion_info", view.root, { serialize: false });
+      let widget;
+      // The node makes room for the preview and the metadata lines (a DOM widget gets 50 px otherwise).
+      widget = this.addDOMWidget("concept_info", "perfusion_info", view.root, {
+        serialize: false,
+        getMinHeight: () => infoHeight(view) + 2 * (widget?.margin ?? 10),
+      });
       const combo = this.widgets.find((w) => w.name === "concept_name");
-      const refresh = async () => show(view, await fetchInfo(combo?.value));
+      const refresh = async () => {
+        show(view, await fetchInfo(combo?.value));
+        app.graph?.setDirtyCanvas(true, true);
+      };
       if (combo) {
         const callback = combo.callback;
         combo.callback = function () {
@@ -60,7 +72,10 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
-      if (message?.perfusion_concept?.[0] && this.perfusionInfo) show(this.perfusionInfo, message.perfusion_concept[0]);
+      if (message?.perfusion_concept?.[0] && this.perfusionInfo) {
+        show(this.perfusionInfo, message.perfusion_concept[0]);
+        app.graph?.setDirtyCanvas(true, true);
+      }
     };
   },
 });

@@ -28,11 +28,14 @@ def _is_widget(spec: list) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
-def _extra_values(spec: list) -> list:
-    """Widget values the front end stores after this input's own: a seed's 'control after generate', an
-    image upload button's."""
+def _extra_values(name: str, spec: list) -> list:
+    """Widget values the front end stores after this input's own: a 'control after generate' (asked for, or
+    by the front end's legacy rule for an INT named seed / noise_seed), an image upload button's."""
     options = spec[1] if len(spec) > 1 else {}
-    return ["fixed"] * bool(options.get("control_after_generate")) + ["image"] * bool(options.get("image_upload"))
+    control = options.get("control_after_generate")
+    if control is None:
+        control = spec[0] == "INT" and name in ("seed", "noise_seed")
+    return ["fixed"] * bool(control) + ["image"] * bool(options.get("image_upload"))
 
 
 def to_ui(graph: dict, object_info: dict) -> dict:
@@ -61,7 +64,7 @@ def to_ui(graph: dict, object_info: dict) -> dict:
                 inputs.append({"name": name, "type": spec[0], "link": link_id})
             elif _is_widget(spec):
                 values.append(value if value is not None else spec[1].get("default") if len(spec) > 1 else None)
-                values.extend(_extra_values(spec))
+                values.extend(_extra_values(name, spec))
             else:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         column = level(key)
@@ -94,7 +97,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
         for name, spec in _inputs(info):
             if _is_widget(spec):
                 inputs[name] = next(values)
-                for _ in _extra_values(spec):
+                for _ in _extra_values(name, spec):
                     next(values)
             if name in linked:
                 inputs[name] = linked[name]

@@ -1,0 +1,324 @@
+"""The pack's front end (web/*.js) in a real browser: ComfyUI serves its front-end package, headless Chromium
+opens the page with this pack loaded, and the tests drive it through the page's own `app` and `LiteGraph`.
+
+Needs `COMFYUI_PATH` (and `COMFYUI_PYTHON`, as for `test_comfyui.py`), Playwright's Python package and a
+Chromium: `$CHROMIUM`, or `chromium` / `chromium-browser` / `google-chrome` on `PATH`. No browser is ever
+downloaded. Screenshots go to `$PERFUSION_TEST_ARTIFACTS` (default: pytest's `tmp_path`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .comfy.server import PACK_NAME, ComfyServer, cache_dir, comfyui_path
+
+WAIT_MS = 300_000  # a 2-core machine shared with other jobs: the first page load can be slow
+
+
+def chromium_path() -> str | None:
+    if os.environ.get("CHROMIUM"):
+        return os.environ["CHROMIUM"] if Path(os.environ["CHROMIUM"]).is_file() else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(comfyui_path() is None,
+                       reason="set COMFYUI_PATH to a ComfyUI checkout to run the browser tests"),
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="Playwright's Python package is missing (pip install -r requirements-dev.txt)"),
+    pytest.mark.skipif(chromium_path() is None,
+                       reason="no Chromium: install Debian's chromium or set CHROMIUM to a Chromium executable"),
+]
+
+LOADER, APPLY, SWEEP, TRAIN = "PerfusionLoadConcept", "PerfusionApply", "PerfusionGateSweep", "PerfusionTrain"
+TITLES = {LOADER: "Load Perfusion Concept", APPLY: "Apply Perfusion", SWEEP: "Perfusion Gate Sweep",
+          TRAIN: "Train Perfusion"}
+# The widgets of each node, in order: the inputs nodes/ declares as widgets, what the front end adds itself
+# (a control after an INT named `seed`, unless the node declines it as Train does) and the DOM widgets web/*.js adds (the concept's preview and metadata
+# on the loader, the loss chart and latest preview on the trainer).
+FRONT_END_ADDED = {"control_after_generate", "concept_info", "training"}
+WIDGETS = {
+    LOADER: ["concept_name", "concept_info"],
+    APPLY: ["beta", "tau", "strength", "lock"],
+    SWEEP: ["betas", "tau", "strength", "lock"],
+    TRAIN: ["word", "superclass", "name", "steps", "lr_target", "lr_embedding", "batch_size", "seed", "beta", "tau", "preview_every", "save_every", "resume", "caption_count",
+            "gradient_checkpointing", "training"],
+}
+DOM_WIDGETS = {LOADER: ("concept_info", "perfusion_info"), TRAIN: ("training", "perfusion_train")}
+OUR_FILES = ("perfusion.js", "perfusion-train.js")
+
+
+def png_data_url(size: int = 64, colours=((200, 40, 40), (240, 200, 40))) -> str:
+    """A checked test image as a data URL (the concept's preview, a training preview)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (size, size))
+    image.putdata([colours[(x // 8 + y // 8) % 2] for y in range(size) for x in range(size)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def server():
+    from .comfy.graphs import test_concept, write_concept
+
+    with tempfile.TemporaryDirectory(prefix="comfy-browser-") as base:
+        s = ComfyServer(Path(base)).start(timeout=600)
+        try:
+            layers = cache_dir() / "models" / "tiny-sd15.layers.json"
+            for word, seed in (("hugsy", 0), ("wugsy", 1)):
+                concept = dataclasses.replace(test_concept(layers, word, seed), thumbnail=png_data_url(),
+                                              training={"steps": "400", "images": "5"})
+                write_concept(s.perfusion_dir, word, concept)
+            s.post("/settings/Comfy.TutorialCompleted", True)  # no "Get started with a template" dialog
+            s.post("/settings/Comfy.Minimap.Visible", False)  # nothing over the nodes in the screenshots
+            yield s
+        finally:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclasses.dataclass
+class Page:
+    page: object
+    errors: list[dict]  # console errors and uncaught page errors, in order
+
+    def ours(self) -> list[dict]:
+        """The errors that come from this pack's front end: raised in our files, or naming the pack."""
+        return [e for e in self.errors if any(s in json.dumps(e).lower() for s in (*OUR_FILES, PACK_NAME))]
+
+    def assert_no_errors_from_us(self) -> None:
+        ours = self.ours()
+        assert not ours, "errors from our front end:\n" + "\n".join(
+            f"{e['kind']}: {e['text']}\n  {e.get('url') or e.get('stack')}" for e in ours)
+
+
+@pytest.fixture
+def page(server, browser):
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    pg = context.new_page()
+    errors: list[dict] = []
+    pg.on("console", lambda m: errors.append({"kind": "console", "text": m.text, "url": m.location.get("url")})
+          if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append({"kind": "pageerror", "text": str(e), "stack": e.stack}))
+    pg.set_default_timeout(WAIT_MS)
+    pg.goto(server.url + "/", timeout=WAIT_MS)
+    pg.wait_for_function("() => window.app?.vueAppReady && window.app.graph && window.app.canvas "
+                         "&& window.LiteGraph", timeout=WAIT_MS)
+    try:
+        yield Page(pg, errors)
+    finally:
+        for e in errors:  # shown with a failure: the front end's own errors, for judging the filter
+            print(f"browser {e['kind']}: {e['text'][:300]} ({e.get('url') or (e.get('stack') or '')[:300]})")
+        context.close()
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    path = Path(os.environ.get("PERFUSION_TEST_ARTIFACTS") or tmp_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def screenshot(p: Page, artifacts: Path, name: str) -> Path:
+    p.page.evaluate("() => app.graph.setDirtyCanvas(true, true)")
+    p.page.wait_for_timeout(1000)  # a few frames: the canvas and the DOM widgets follow the graph
+    path = artifacts / name
+    p.page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def widget_inputs(info: dict) -> list[str]:
+    """The inputs of a node that the front end shows as widgets, in the order the node declares them."""
+    spec = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+    order = info["input_order"]
+    names = [*order.get("required", []), *order.get("optional", [])]
+    return [n for n in names if isinstance(spec[n][0], list) or spec[n][0] in {"INT", "FLOAT", "STRING",
+                                                                              "BOOLEAN", "COMBO"}]
+
+
+BUILD_GRAPH = """() => {
+  app.graph.clear();
+  const add = (type, pos) => {
+    const node = LiteGraph.createNode(type);
+    if (!node) throw new Error(`LiteGraph.createNode('${type}') gave ${node}`);
+    node.pos = pos;
+    app.graph.add(node);
+    return node;
+  };
+  const link = (from, slot, to, input) => from.connect(slot, to, to.findInputSlot(input));
+  const ckpt = add("CheckpointLoaderSimple", [20, 40]);
+  const load = add("PerfusionLoadConcept", [20, 240]);
+  const apply = add("PerfusionApply", [400, 40]);
+  const sweep = add("PerfusionGateSweep", [400, 280]);
+  const train = add("PerfusionTrain", [780, 40]);
+  for (const target of [apply, sweep, train]) { link(ckpt, 0, target, "model"); link(ckpt, 1, target, "clip"); }
+  link(ckpt, 2, train, "vae");
+  link(load, 0, apply, "concept");
+  link(load, 0, sweep, "concept");
+  app.canvas.ds.scale = 0.9;
+  app.canvas.ds.offset = [80, 100];  // clear of the menu bar and the side bar
+  app.graph.setDirtyCanvas(true, true);
+  return Object.fromEntries([load, apply, sweep, train].map((n) => [n.type, {
+    id: n.id, title: n.title,
+    widgets: (n.widgets ?? []).map((w) => ({name: w.name, type: w.type,
+                                            value: typeof w.value === "object" ? null : w.value})),
+  }]));
+}"""
+
+# How each DOM widget of ours sits in its node: its element in the page, what it shows, and whether its
+# content fits the height the node gives it.
+DOM_STATE = """([id, name]) => {
+  const node = app.graph.getNodeById(id);
+  const w = node.widgets.find((w) => w.name === name);
+  const e = w.element, box = e.getBoundingClientRect();
+  return {connected: e.isConnected, visible: box.width > 0 && box.height > 0 && getComputedStyle(e).display !== "none",
+          text: e.innerText, height: w.computedHeight, scrollHeight: e.scrollHeight, clientHeight: e.clientHeight,
+          images: [...e.querySelectorAll("img")].map((i) => ({shown: i.style.display !== "none",
+                                                              loaded: i.complete && i.naturalWidth > 0}))};
+}"""
+
+TRAIN_EVENTS = """([id, preview]) => {
+  const send = (detail) => app.api.dispatchEvent(new CustomEvent("perfusion.train", {detail: {node: String(id), ...detail}}));
+  const losses = Array.from({length: 60}, (_, i) => 0.05 + 0.25 * Math.exp(-i / 15) + 0.03 * Math.sin(i * 1.7));
+  send({phase: "statistics", done: 32, total: 64});
+  send({phase: "training", step: 60, steps: 400, loss: losses.at(-1), losses, eta: 95.4});
+  send({phase: "preview", step: 60, image: preview});
+  const node = app.graph.getNodeById(id);
+  const canvas = node.perfusionTrain.chart;
+  const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let drawn = 0;
+  for (let k = 3; k < pixels.length; k += 4) drawn += pixels[k] > 0;
+  return {status: node.perfusionTrain.status.textContent, drawn};
+}"""
+
+
+def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, artifacts):
+    info = server.get("/object_info")
+    extensions = server.get("/extensions")
+    assert {f"/extensions/{PACK_NAME}/{f}" for f in OUR_FILES} <= set(extensions), extensions
+    p = page.page
+    registered = p.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
+    assert {LOADER, APPLY, SWEEP, TRAIN} <= set(registered), [t for t in registered if "erfusion" in t]
+    names = p.evaluate("() => app.extensions.map((e) => e.name)")
+    assert {"perfusion.nodes", "perfusion.train"} <= set(names), names
+
+    # the node library: search for the pack and find every node under its category
+    p.click(".node-library-tab-button")
+    p.fill(".side-bar-panel input", "perfusion")
+    titles = list(TITLES.values())
+    p.wait_for_function("(titles) => titles.every((t) => document.querySelector('.side-bar-panel')"
+                        "?.innerText.includes(t))", arg=titles, timeout=60_000)
+    screenshot(page, artifacts, "perfusion-node-library.png")
+    p.click(".node-library-tab-button")
+
+    # the nodes on a graph: every widget nodes/ declares, in order, and those web/*.js adds
+    nodes = p.evaluate(BUILD_GRAPH)
+    for node_type, expected in WIDGETS.items():
+        assert widget_inputs(info[node_type]) == [w for w in expected if w not in FRONT_END_ADDED], node_type
+        node = nodes[node_type]
+        assert node["title"] == TITLES[node_type]
+        assert [w["name"] for w in node["widgets"]] == expected, (node_type, node["widgets"])
+    values = {t: {w["name"]: w["value"] for w in n["widgets"]} for t, n in nodes.items()}
+    assert values[LOADER]["concept_name"] == "hugsy.safetensors"
+    assert values[APPLY] == {"beta": 0.7, "tau": 0.15, "strength": 1, "lock": "local"}
+    assert values[TRAIN]["word"] == "hugsy" and values[TRAIN]["steps"] == 400 and values[TRAIN]["beta"] == 0.75
+    for node_type, (name, kind) in DOM_WIDGETS.items():
+        assert any(w["name"] == name and w["type"] == kind for w in nodes[node_type]["widgets"]), nodes[node_type]
+
+    # the loader shows the concept's metadata and preview, read from /perfusion/concept
+    loader_id, train_id = nodes[LOADER]["id"], nodes[TRAIN]["id"]
+    p.wait_for_function(f"() => {{ const n = app.graph.getNodeById({loader_id}); const v = n.perfusionInfo;"
+                        " return v && v.text.textContent.includes('trigger: hugsy') && v.img.complete"
+                        " && v.img.naturalWidth > 0; }", timeout=60_000)
+    loader = p.evaluate(DOM_STATE, [loader_id, "concept_info"])
+    assert loader["connected"] and loader["visible"], loader
+    for line in ("trigger: hugsy", "superclass: teddy", "base: sd1", "steps: 400"):
+        assert line in loader["text"], loader
+    assert loader["images"] == [{"shown": True, "loaded": True}], loader
+
+    # choosing another concept shows that one
+    p.evaluate(f"""() => {{ const w = app.graph.getNodeById({loader_id}).widgets.find((w) => w.name === "concept_name");
+                           w.value = "wugsy.safetensors"; w.callback?.(w.value); }}""")
+    p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
+                        ".includes('trigger: wugsy')", timeout=60_000)
+
+    # the trainer's view follows the perfusion.train messages: status line, loss chart, latest preview
+    trainer = p.evaluate(DOM_STATE, [train_id, "training"])
+    assert trainer["connected"] and trainer["visible"] and trainer["text"].strip() == "not started", trainer
+    shown = p.evaluate(TRAIN_EVENTS, [train_id, png_data_url(64, ((40, 120, 220), (240, 240, 240)))])
+    assert shown["status"].startswith("step 60/400  loss 0.") and shown["status"].endswith("~95 s left"), shown
+    assert shown["drawn"] > 200, shown  # the loss curve and its running mean are on the chart
+    p.wait_for_function(f"() => {{ const i = app.graph.getNodeById({train_id}).perfusionTrain.preview;"
+                        " return i.style.display === 'block' && i.complete && i.naturalWidth > 0; }", timeout=60_000)
+
+    path = screenshot(page, artifacts, "perfusion-nodes.png")
+    assert path.stat().st_size > 10_000
+
+    # both DOM widgets are in the page and their content fits the space their node gives them
+    for node_id, name in ((loader_id, "concept_info"), (train_id, "training")):
+        state = p.evaluate(DOM_STATE, [node_id, name])
+        assert state["connected"] and state["visible"], state
+        assert state["scrollHeight"] <= state["clientHeight"] + 2, (name, state)
+
+    page.assert_no_errors_from_us()
+
+
+@pytest.mark.parametrize("name", [
+    "train-one-concept",
+    "apply-with-gate-sweep",
+    "two-concepts-one-image",
+])
+def test_example_workflow_opens_and_queues_what_it_was_built_from(server, page, artifacts, name):
+    """The UI-format file, opened by the real front end, turns back into the API graph it was written from."""
+    from .comfy.workflows import EXAMPLES, example_graphs
+
+    workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
+    p = page.page
+    result = p.evaluate("""async (workflow) => {
+      await app.loadGraphData(workflow);
+      const missing = app.graph._nodes.filter((n) => !(n.type in LiteGraph.registered_node_types)).map((n) => n.type);
+      const {output} = await app.graphToPrompt();
+      return {missing, output};
+    }""", workflow)
+    screenshot(page, artifacts, f"perfusion-example-{name}.png")
+    assert result["missing"] == []
+    graph = example_graphs()[name]
+    ids = {key: str(k + 1) for k, key in enumerate(graph)}
+    expected = {ids[key]: {"class_type": node["class_type"],
+                           "inputs": {k: [ids[v[0]], v[1]] if isinstance(v, list) else v
+                                      for k, v in node["inputs"].items()}}
+                for key, node in graph.items()}
+    output = result["output"]
+    assert {i: n["class_type"] for i, n in output.items()} == {i: n["class_type"] for i, n in expected.items()}
+    wrong = {f"{node['class_type']} #{i} {k}": {"queued": output[i]["inputs"].get(k), "built": v}
+             for i, node in expected.items() for k, v in node["inputs"].items() if output[i]["inputs"].get(k) != v}
+    assert not wrong, f"the front end queues other inputs than {name}.json was built from: {wrong}"
+    page.assert_no_errors_from_us()
