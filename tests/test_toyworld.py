@@ -141,3 +141,20 @@ def test_probe_reads_generator_images():
         assert acc[key] >= 0.98, acc
     assert acc["pair"] >= 0.95, acc
     assert p.features(torch.from_numpy(images[:2])).shape == (2, 128)
+
+
+def test_demo_writes_a_concept_and_a_grid(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from perfusion_core import load_concept
+    from toyworld import demo
+
+    data = demo.training_data("checker_heart")
+    assert data.captions[0] == "a {} on the left on a white background" and data.images.shape == (5, 3, 16, 16)
+    monkeypatch.setattr("sys.argv", ["demo", "--out", str(tmp_path), "--steps", "2"])
+    demo.main()
+    concept = load_concept(tmp_path / "hugsy.safetensors")
+    assert concept.superclass == "heart" and concept.training["steps"] == "2"
+    rows, columns = 1 + len(demo.PROMPTS), len(demo.BETAS)
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.width > 8 * 16 * columns and grid.height > 8 * 16 * rows

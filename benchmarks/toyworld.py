@@ -1,0 +1,420 @@
+"""Toy-world personalisation benchmark: Perfusion against its trained-key ablation, textual inversion, LoRA
+and a full fine-tune, on held-out concepts of the shipped toy model, scored by the probe.
+
+Every method trains on the same captioned images ("a {} on the left on a white background") for the same
+steps and batch, then renders a fixed set of prompts and seeds:
+- concept fidelity: cosine similarity of probe features of a sample to those of the concept rendered by the
+  generator where the probe finds the object and on the background it finds (one-object prompts): how much
+  the object looks like the concept, whatever the scene (the analogue of CLIP-I / DINO);
+- prompt fidelity: the fraction of prompted attributes the probe finds: the concept's place and the
+  background, and for prompts with an ordinary second object, that object (shape and colour) at its place
+  (the analogue of CLIP-T);
+- concept present: the probe finds the superclass shape in one of the concept's colours where prompted.
+Perfusion and trained-K sweep the gate bias β, LoRA and the fine-tune their weight scale. Two separately
+trained concepts are then prompted together. Outputs go to `benchmarks/results/` (markdown table, Pareto
+plot, image grid, toyworld.json); the last line printed is the JSON.
+
+    python -m benchmarks.toyworld [--steps 400] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from benchmarks import baselines
+from perfusion_core import Concept, ConceptUse, patch_unet
+from perfusion_core.diffusers_host import DiffusersHost
+from perfusion_core.images import image_grid, save_png
+from perfusion_core.train import Trainer, TrainingData, TrainSettings
+from toyworld import demo, world
+from toyworld import probe as toy_probe
+
+RESULTS = Path(__file__).with_name("results")
+WORDS = {"checker_heart": "hugsy", "ringed_circle": "zappy"}  # concepts the probe reads where they are
+BETAS = (0.4, 0.5, 0.6, 0.7, 0.8)
+SCALES = (0.5, 0.75, 1.0)
+TAU = 0.15
+SECOND_OBJECTS = (("circle", "green"), ("square", "blue"), ("triangle", "purple"))
+SEEDS = (0, 1)
+PAIR_SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class EvalScene:
+    """A prompted scene: the concept (object 0) and maybe an ordinary second object."""
+
+    scene: world.Scene
+    seed: int
+
+    def prompt(self, word: str) -> str:
+        return world.caption(self.scene, (word, None)[: len(self.scene.objects)])
+
+
+def eval_scenes(concept: world.Concept) -> list[EvalScene]:
+    """One-object scenes at every place on every background, and scenes with an ordinary second object."""
+    scenes = [world.concept_scene(concept, p, bg) for p in world.POSITIONS for bg in world.BACKGROUNDS]
+    for k, (first, second) in enumerate(world.PAIRS):
+        for j, background in enumerate(world.BACKGROUNDS):
+            shape, colour = SECOND_OBJECTS[(k + j) % len(SECOND_OBJECTS)]
+            scenes.append(world.concept_scene(concept, first, background, second=world.Obj(shape, colour, second)))
+    return [EvalScene(scene, seed) for scene in scenes for seed in SEEDS]
+
+
+class Scorer:
+    """Probe readings of samples against their prompted scenes."""
+
+    def __init__(self) -> None:
+        self.probe = toy_probe.load()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.nn.functional.normalize(self.probe.features(images * 2 - 1), dim=-1)
+
+    def _render(self, scenes: list[world.Scene]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([world.render(s) for s in scenes])).permute(0, 3, 1, 2)
+
+    def present(self, image: torch.Tensor, objects: tuple[world.Obj, ...], index: int, background: str,
+                concept: world.Concept) -> bool:
+        """Whether object `index` of the scene looks more like the concept than like its superclass in any plain
+        colour: the sample's probe features are nearest to the scene rendered with the concept there."""
+        place = objects[index].position
+        looks = [world.concept_scene(concept, place, background).objects[0],
+                 *(world.Obj(concept.superclass, colour, place) for colour in world.COLOURS)]
+        references = self._render([world.Scene((*objects[:index], look, *objects[index + 1:]), background)
+                                   for look in looks])
+        return int((self.features(references) @ self.features(image[None])[0]).argmax()) == 0
+
+    def both_present(self, images: torch.Tensor, scenes: list[EvalScene], concepts: tuple[world.Concept, ...]
+                     ) -> float:
+        """Fraction of two-concept samples with each concept present where the prompt puts it."""
+        readings = toy_probe.read(self.probe, images * 2 - 1)
+        return float(np.mean([
+            all(o.position in r["objects"] and self.present(image, s.scene.objects, k, r["background"], c)
+                for k, (o, c) in enumerate(zip(s.scene.objects, concepts, strict=True)))
+            for image, r, s in zip(images, readings, scenes, strict=True)]))
+
+    def score(self, images: torch.Tensor, scenes: list[EvalScene], concept: world.Concept) -> dict[str, float]:
+        readings = toy_probe.read(self.probe, images * 2 - 1)
+        single = [k for k, s in enumerate(scenes) if len(s.scene.objects) == 1]
+        references = self._render([world.concept_scene(concept, readings[k]["position"], readings[k]["background"])
+                                   for k in single])
+        fidelity = (self.features(images[single]) * self.features(references)).sum(-1).tolist()
+        prompt_hits, present = [], []
+        for image, reading, item in zip(images, readings, scenes, strict=True):
+            target, *others = item.scene.objects
+            hits = [reading["background"] == item.scene.background]
+            if others:
+                second = others[0]
+                hits.append(reading["objects"].get(second.position) == (second.shape, second.colour))
+                hits.append(target.position in reading["objects"])
+                found = hits[-1] and self.present(image, item.scene.objects, 0, reading["background"], concept)
+            else:
+                hits.append(reading["position"] == target.position)
+                found = self.present(image, (replace(target, position=reading["position"]),), 0,
+                                     reading["background"], concept)
+            prompt_hits.extend(hits)
+            present.append(found)
+        return {"concept_fidelity": float(np.mean(fidelity)), "prompt_fidelity": float(np.mean(prompt_hits)),
+                "concept_present": float(np.mean(present))}
+
+
+@dataclass
+class Method:
+    """A trained method for one concept: its word embedding(s) and how to apply it at a knob setting."""
+
+    name: str
+    word: str
+    embeddings: list[torch.Tensor]
+    apply: Callable[[float], AbstractContextManager]
+    knobs: tuple[float, ...]
+    seconds: float
+    trained: Concept | baselines.Adapted
+
+
+def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, steps: int, out: Path,
+                  suffix: str = "") -> list[Method]:
+    """Train all five methods for one concept on `data`."""
+    concept, word = world.CONCEPTS[concept_name], WORDS[concept_name]
+    recipe = baselines.Recipe(steps=steps)
+    methods = []
+    for name, lock in (("perfusion", True), ("trained_k", False)):
+        started = time.process_time()
+        settings = TrainSettings(word=word, superclass=concept.superclass, steps=steps, batch_size=recipe.batch_size,
+                                 flip=0.0, lr_target=demo.LR_TARGET, lock_keys=lock)
+        trained = Trainer(host, data, settings, out / f"{concept_name}{suffix}.{name}.safetensors").run().concept
+        methods.append(Method(name, word, trained.embeddings, _perfusion(host, trained), BETAS,
+                              time.process_time() - started, trained))
+    for name, train, knobs in (("textual_inversion", baselines.textual_inversion, (1.0,)),
+                               ("lora_r4", baselines.lora, SCALES), ("full_fine_tune", baselines.full_fine_tune, SCALES)):
+        started = time.process_time()
+        adapted = train(host, data, word, concept.superclass, recipe)
+        methods.append(Method(name, word, adapted.embeddings, _baseline(host, adapted), knobs,
+                              time.process_time() - started, adapted))
+    return methods
+
+
+def _perfusion(host: DiffusersHost, concept: Concept) -> Callable[[float], AbstractContextManager]:
+    return lambda beta: patch_unet(host.unet, [ConceptUse(concept, beta, TAU)])
+
+
+def _baseline(host: DiffusersHost, adapted: baselines.Adapted) -> Callable[[float], AbstractContextManager]:
+    if adapted.lora:
+        return lambda scale: baselines.lora_applied([adapted], scale)
+    if adapted.deltas:
+        return lambda scale: baselines.fine_tune_applied(host.unet, adapted, scale)
+    return lambda _: nullcontext()
+
+
+def render(host: DiffusersHost, method: Method, knob: float, scenes: list[EvalScene]) -> torch.Tensor:
+    if method.embeddings:
+        host.install_word(method.word, method.embeddings)
+    with method.apply(knob):
+        return host.sample([s.prompt(method.word) for s in scenes], [s.seed for s in scenes])
+
+
+def dominated(point: tuple[float, float], front: list[tuple[float, float]]) -> bool:
+    """True when some point of `front` is at least as good in both scores and better in one."""
+    return any(a >= point[0] and b >= point[1] and (a, b) != point for a, b in front)
+
+
+def gain_at_equal_fidelity(locked: list[tuple[float, float]], trained: list[tuple[float, float]]) -> float | None:
+    """Mean prompt-fidelity difference of two fronts (piecewise linear in concept fidelity) over the range of
+    concept fidelity both cover; None when they do not overlap."""
+    locked, trained = sorted(locked), sorted(trained)
+    low, high = max(locked[0][0], trained[0][0]), min(locked[-1][0], trained[-1][0])
+    if low > high:
+        return None
+    grid = np.linspace(low, high, 21)
+    curve = lambda front: np.interp(grid, [p[0] for p in front], [p[1] for p in front])  # noqa: E731
+    return float(np.mean(curve(locked) - curve(trained)))
+
+
+def composed(host: DiffusersHost, first: Method, second: Method) -> AbstractContextManager | None:
+    """Both concepts of one method applied together at its default setting, or None where the method
+    cannot combine separately trained results (a full fine-tune)."""
+    if isinstance(first.trained, Concept):
+        return patch_unet(host.unet, [ConceptUse(first.trained, 0.7, TAU), ConceptUse(second.trained, 0.7, TAU)])
+    if first.trained.lora:
+        return baselines.lora_applied([first.trained, second.trained], 1.0)
+    return None if first.trained.deltas else nullcontext()
+
+
+def pair_scenes() -> list[EvalScene]:
+    first, second = (world.CONCEPTS[name] for name in WORDS)
+    scenes = []
+    for a, b in world.PAIRS:
+        for background in world.BACKGROUNDS:
+            one = world.concept_scene(first, a, background).objects[0]
+            two = world.concept_scene(second, b, background).objects[0]
+            scenes += [EvalScene(world.Scene((one, two), background), seed) for seed in PAIR_SEEDS]
+    return scenes
+
+
+def model_accuracy(host: DiffusersHost, scorer: Scorer, n: int = 100) -> dict[str, float]:
+    """Probe scores of the toy model's own samples for `n` one-object prompts (fixed seeds)."""
+    rng = world.scene_rng(7, 0)
+    scenes = [world.random_scene(rng, stage=1) for _ in range(n)]
+    images = host.sample([world.caption(s) for s in scenes], list(range(5000, 5000 + n)))
+    return toy_probe.score(scorer.probe, images * 2 - 1, scenes)
+
+
+def probe_accuracy(scorer: Scorer, n: int = 2000) -> dict[str, float]:
+    """The probe on fresh generator images (stage 2 mix)."""
+    images, _, scenes = world.batch(31337, 0, n, stage=2)
+    return toy_probe.score(scorer.probe, torch.from_numpy(images), scenes)
+
+
+COLOURS = {"perfusion": (200, 30, 30), "trained_k": (240, 150, 20), "textual_inversion": (40, 90, 220),
+           "lora_r4": (30, 160, 60), "full_fine_tune": (130, 50, 170), "superclass": (120, 120, 120)}
+
+
+def plot_fronts(points: dict[str, list[dict]], path: Path, size: int = 560) -> None:
+    """Concept fidelity (x) against prompt fidelity (y), one polyline per method, with a legend."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    margin = 60
+    xs = [p["concept_fidelity"] for ps in points.values() for p in ps]
+    ys = [p["prompt_fidelity"] for ps in points.values() for p in ps]
+    x0, x1 = min(xs) - 0.02, max(xs) + 0.02
+    y0, y1 = min(ys) - 0.02, max(ys) + 0.02
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (margin + (x - x0) / (x1 - x0) * (size - 2 * margin),
+                size - margin - (y - y0) / (y1 - y0) * (size - 2 * margin))
+
+    draw.rectangle([margin, margin, size - margin, size - margin], outline="black")
+    for k in range(5):
+        x, y = x0 + k * (x1 - x0) / 4, y0 + k * (y1 - y0) / 4
+        draw.text((at(x, y0)[0] - 12, size - margin + 6), f"{x:.2f}", fill="black")
+        draw.text((8, at(x0, y)[1] - 6), f"{y:.2f}", fill="black")
+    draw.text((size / 2 - 50, size - 24), "concept fidelity", fill="black")
+    draw.text((8, 20), "prompt fidelity", fill="black")
+    for row, (name, ps) in enumerate(points.items()):
+        colour = COLOURS.get(name, (0, 0, 0))
+        line = [at(p["concept_fidelity"], p["prompt_fidelity"]) for p in ps]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for (x, y), p in zip(line, ps, strict=True):
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+            if "knob" in p and len(ps) > 1:
+                draw.text((x + 5, y - 12), f"{p['knob']:g}", fill=colour)
+        draw.text((margin + 8, margin + 8 + 14 * row), name, fill=colour)
+    image.save(path)
+
+
+def table(points: dict[str, list[dict]], seconds: dict[str, float]) -> str:
+    lines = ["| method | knob | concept fidelity | prompt fidelity | concept present | train CPU s |",
+             "|---|---|---|---|---|---|"]
+    for name, ps in points.items():
+        for p in ps:
+            knob = "-" if "knob" not in p else f"{p['knob']:g}"
+            lines.append(f"| {name} | {knob} | {p['concept_fidelity']:.3f} | {p['prompt_fidelity']:.3f} | "
+                         f"{p['concept_present']:.2f} | {seconds.get(name, 0):.0f} |")
+    return "\n".join(lines)
+
+
+def _mean_points(per_concept: list[list[dict]]) -> list[dict]:
+    """Average the points of the same knob across concepts."""
+    return [{key: float(np.mean([ps[k][key] for ps in per_concept])) if key != "knob" else per_concept[0][k][key]
+             for key in per_concept[0][k]} for k in range(len(per_concept[0]))]
+
+
+def evaluate(host: DiffusersHost, scorer: Scorer, methods: list[Method], concept: world.Concept,
+             shown: list[int]) -> tuple[dict[str, list[dict]], dict[str, torch.Tensor]]:
+    """Every method at every knob on the concept's evaluation scenes; also the samples at `shown`."""
+    scenes = eval_scenes(concept)
+    points, samples = {}, {}
+    for method in methods:
+        points[method.name] = []
+        for knob in method.knobs:
+            images = render(host, method, knob, scenes)
+            points[method.name].append({"knob": knob, **scorer.score(images, scenes, concept)})
+            if knob == (0.6 if method.knobs == BETAS else method.knobs[-1]):
+                samples[method.name] = images[shown]
+    return points, samples
+
+
+def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, Method]]
+                 ) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Both-present rate per method for prompts naming two separately trained concepts, and Perfusion's
+    samples (one per scene, seed 0)."""
+    scenes = pair_scenes()
+    first, second = (world.CONCEPTS[name] for name in WORDS)
+    rates: dict[str, float] = {}
+    shown = None
+    for a, b in pairs:
+        context = composed(host, a, b)
+        if context is None:
+            continue
+        host.install_word(a.word, a.embeddings)
+        host.install_word(b.word, b.embeddings)
+        with context:
+            images = host.sample([world.caption(s.scene, (a.word, b.word)) for s in scenes], [s.seed for s in scenes])
+        rates[a.name] = scorer.both_present(images, scenes, (first, second))
+        if a.name == "perfusion":
+            shown = images[:: len(PAIR_SEEDS)]
+    return rates, shown
+
+
+def summary(points: dict[str, list[dict]], two_concept: dict[str, float]) -> dict:
+    """The headline comparisons: dominance between fronts, key-locking's prompt gain, composition."""
+    front = lambda name: [(p["concept_fidelity"], p["prompt_fidelity"]) for p in points[name]]  # noqa: E731
+    ours = front("perfusion")
+    return {
+        "perfusion_dominates_ti": all(dominated(p, ours) for p in front("textual_inversion")),
+        "perfusion_dominated_by_lora": all(dominated(p, front("lora_r4")) for p in ours),
+        "perfusion_dominated_by_full_fine_tune": all(dominated(p, front("full_fine_tune")) for p in ours),
+        "keylock_prompt_gain": gain_at_equal_fidelity(ours, front("trained_k")),
+        "keylock_prompt_gain_same_beta": float(np.mean([p["prompt_fidelity"] - q["prompt_fidelity"] for p, q in
+                                                        zip(points["perfusion"], points["trained_k"], strict=True)])),
+        "two_concept_both_present": two_concept.get("perfusion"),
+        "two_concept_both_present_by_method": two_concept,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work"
+    started = time.monotonic()
+    host = DiffusersHost(demo.MODEL, captions=demo.world_captions(), cache_dir=work / "cache", guidance=4.0)
+    scorer = Scorer()
+    probe_scores, model_scores = probe_accuracy(scorer), model_accuracy(host, scorer)
+    model_attrs = {k: model_scores[k] for k in ("shape", "colour", "position", "background")}
+    print(f"probe on generator images: {probe_scores}\ntoy model samples: {model_scores}", flush=True)
+
+    shown = [0, 4, 8, 12, 30, 36, 44, 52]  # a few one-object and two-object scenes of seed 0
+    per_concept: dict[str, list[list[dict]]] = {}
+    one_shot: dict[str, list[dict]] = {}
+    trained: dict[str, list[Method]] = {}
+    seconds: dict[str, list[float]] = {}
+    grid_rows: list[torch.Tensor] = []
+    for concept_name in WORDS:
+        concept = world.CONCEPTS[concept_name]
+        data = demo.training_data(concept_name)
+        trained[concept_name] = methods = train_methods(host, concept_name, data, args.steps, work)
+        for m in methods:
+            seconds.setdefault(m.name, []).append(m.seconds)
+        superclass = Method("superclass", concept.superclass, [], lambda _: nullcontext(), (1.0,), 0.0, None)
+        points, samples = evaluate(host, scorer, [*methods, superclass], concept, shown)
+        for name, ps in points.items():
+            per_concept.setdefault(name, []).append(ps)
+        print(f"{concept_name}: {json.dumps(points)} ({time.monotonic() - started:.0f} s)", flush=True)
+        if concept_name == "checker_heart":
+            grid_rows = [torch.cat([data.images, torch.ones(len(shown) - len(data.images), 3, 16, 16)]),
+                         *samples.values()]
+            one_views = demo.training_data(concept_name, demo.TRAINING_VIEWS[:1])
+            one_shot = evaluate(host, scorer, train_methods(host, concept_name, one_views, args.steps, work,
+                                                            suffix=".one_shot"), concept, shown)[0]
+            print(f"one-shot: {json.dumps(one_shot)} ({time.monotonic() - started:.0f} s)", flush=True)
+
+    points = {name: _mean_points(ps) for name, ps in per_concept.items()}
+    mean_seconds = {name: float(np.mean(s)) for name, s in seconds.items()}
+    two_concept, pair_images = two_concepts(host, scorer, list(zip(*trained.values(), strict=True)))
+    if pair_images is not None:
+        grid_rows.append(pair_images[: len(shown)])
+    figures = {
+        "model_prompt_following": min(model_attrs.values()),
+        "model_attr_accuracy": model_attrs,
+        "model_all_correct": model_scores["all"],
+        "probe_min_attr_accuracy": min(v for k, v in probe_scores.items() if k != "all"),
+        **summary(points, two_concept),
+        "points": points,
+        "one_shot_points": one_shot,
+        "train_cpu_seconds": mean_seconds,
+        "steps": args.steps,
+        "seconds": round(time.monotonic() - started),
+    }
+    markdown = ["# Toy-world personalisation benchmark", "",
+                f"Mean over {', '.join(WORDS)}; {args.steps} steps, batch 16, {len(demo.TRAINING_VIEWS)} images each.", "",
+                table(points, mean_seconds), "", "## One-shot (checker_heart, one image)", "", table(one_shot, {}), "",
+                "## Two concepts in one prompt (both present)", "",
+                *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), ""]
+    (args.out / "toyworld.md").write_text("\n".join(markdown))
+    plot_fronts(points, args.out / "toyworld_pareto.png")
+    grid = image_grid(torch.cat(grid_rows), columns=len(shown))
+    save_png(grid.repeat_interleave(6, dim=1).repeat_interleave(6, dim=2), args.out / "toyworld_grid.png")
+    (args.out / "toyworld.json").write_text(json.dumps(figures, indent=1) + "\n")
+    print("\n".join(markdown))
+    print(f"grid rows: training images, {', '.join(samples)}, two concepts (perfusion)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

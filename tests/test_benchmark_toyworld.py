@@ -1,0 +1,58 @@
+"""The toy-world benchmark's scoring, on scenes the generator renders exactly as prompted."""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.toyworld import (
+    WORDS,
+    Scorer,
+    dominated,
+    eval_scenes,
+    gain_at_equal_fidelity,
+    pair_scenes,
+    plot_fronts,
+)
+from toyworld import world
+
+
+def _rendered(scenes, recolour: str | None = None) -> torch.Tensor:
+    images = []
+    for item in scenes:
+        objects = list(item.scene.objects)
+        if recolour:  # the superclass in a plain colour instead of the concept's look
+            o = objects[0]
+            objects[0] = world.Obj(o.shape, recolour, o.position, o.dx, o.dy)
+        images.append(world.render(world.Scene(tuple(objects), item.scene.background)))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("name", ["checker_heart", "ringed_circle"])
+def test_scores_of_exact_renders_and_of_a_plain_superclass(name):
+    concept, scorer = world.CONCEPTS[name], Scorer()
+    scenes = eval_scenes(concept)
+    assert "hugsy on the left" in scenes[0].prompt("hugsy")
+    exact = scorer.score(_rendered(scenes), scenes, concept)
+    plain = scorer.score(_rendered(scenes, recolour="green"), scenes, concept)
+    assert exact["concept_fidelity"] > 0.95 and exact["prompt_fidelity"] > 0.95 and exact["concept_present"] > 0.9
+    # a plain green superclass where the prompt says: prompt followed, concept not reproduced
+    assert plain["prompt_fidelity"] > 0.95 and plain["concept_present"] < 0.05
+    assert plain["concept_fidelity"] < exact["concept_fidelity"] - 0.05
+
+
+def test_two_concepts_present_in_exact_renders_and_absent_in_plain_ones():
+    scenes, concepts = pair_scenes(), tuple(world.CONCEPTS[name] for name in WORDS)
+    scorer = Scorer()
+    assert scorer.both_present(_rendered(scenes), scenes, concepts) > 0.9
+    assert scorer.both_present(_rendered(scenes, recolour="green"), scenes, concepts) < 0.05
+
+
+def test_front_comparisons(tmp_path):
+    front = [(0.6, 0.9), (0.7, 0.8), (0.8, 0.6)]
+    assert dominated((0.65, 0.7), front) and not dominated((0.9, 0.5), front) and not dominated((0.7, 0.8), front)
+    assert gain_at_equal_fidelity(front, [(p[0], p[1] - 0.1) for p in front]) == pytest.approx(0.1)
+    assert gain_at_equal_fidelity(front, [(0.9, 0.5), (0.95, 0.4)]) is None
+    points = {"perfusion": [{"knob": 0.5, "concept_fidelity": 0.7, "prompt_fidelity": 0.8}],
+              "textual_inversion": [{"concept_fidelity": 0.6, "prompt_fidelity": 0.9}]}
+    plot_fronts(points, tmp_path / "front.png")
+    assert (tmp_path / "front.png").stat().st_size > 1000
