@@ -3,7 +3,7 @@ through `shared.state` (progress, live loss, preview images, interrupt) and savi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,6 +18,8 @@ from . import backend
 from .host import A1111Host, trainable
 from .library import ConceptLibrary
 
+_RECIPE = {f.name: f.default for f in fields(TrainSettings)}  # one source of the paper's defaults
+
 
 @dataclass
 class TrainRequest:
@@ -27,21 +29,21 @@ class TrainRequest:
     superclass: str
     images: str
     name: str = ""  # file name in the concept folder; default: the word
-    steps: int = 400
-    lr_target: float = 0.03
-    lr_embedding: float = 0.006
-    batch_size: int = 4
-    grad_accum: int = 0
-    beta: float = 0.75
-    tau: float = 0.10
-    seed: int = 0
+    steps: int = _RECIPE["steps"]
+    lr_target: float = _RECIPE["lr_target"]
+    lr_embedding: float = _RECIPE["lr_embedding"]
+    batch_size: int = _RECIPE["batch_size"]
+    grad_accum: int = _RECIPE["grad_accum"]
+    beta: float = _RECIPE["beta"]
+    tau: float = _RECIPE["tau"]
+    seed: int = _RECIPE["seed"]
     resolution: int = 512
     save_every: int = 100
-    preview_every: int = 0
+    preview_every: int = _RECIPE["preview_every"]
     preview_prompt: str = "a photo of a {}"
     preview_steps: int = 20
     resume: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = _RECIPE["gradient_checkpointing"]
 
     def settings(self) -> TrainSettings:
         return TrainSettings(
