@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io as bytes_io
 import logging
 import re
 
@@ -17,7 +15,7 @@ from torch import Tensor
 
 from ..perfusion_core import TrainingError
 from ..perfusion_core.captions import load_captions
-from ..perfusion_core.images import image_grid, loss_curve
+from ..perfusion_core.images import data_url, loss_curve, preview_grid, to_pil
 from ..perfusion_core.train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 from .concepts import ConceptType, default_folder
 from .host import ComfyHost
@@ -61,7 +59,7 @@ def _inputs() -> list:
                      tooltip="Render a preview ('a photo of a WORD') every N steps; at least one is rendered."),
         io.Int.Input("save_every", default=50, min=0, max=100000,
                      tooltip="Write the concept and its resumable state every N steps (0: only at the end). "
-                             "Cancelling keeps the last one written."),
+                             "Cancelling saves the steps done so far."),
         io.Boolean.Input("resume", default=False, tooltip="Continue NAME's run from NAME.state.safetensors (its own "
                                                           "settings; steps, preview and save intervals from here)."),
         io.Int.Input("caption_count", default=2000, min=16, max=24000,
@@ -83,8 +81,8 @@ class TrainPerfusion(io.ComfyNode):
             display_name="Train Perfusion",
             category="perfusion",
             description="Trains a Perfusion concept (key-locked rank-1 editing) from a few images and writes it "
-                        "to models/perfusion. Shows the loss and previews while it runs; cancel keeps the last "
-                        "checkpoint.",
+                        "to models/perfusion. Shows the loss and previews while it runs; cancelling saves "
+                        "the steps done so far (resume continues from there).",
             inputs=_inputs(),
             outputs=[
                 ConceptType.Output(display_name="concept", tooltip="The trained concept, for Apply Perfusion."),
@@ -171,18 +169,6 @@ def to_comfy(images: Tensor) -> Tensor:
     return images.movedim(1, -1).contiguous().float().clamp(0, 1)
 
 
-def preview_image(images: Tensor) -> Image.Image:
-    """`(N, 3, H, W)` images in [0, 1] as one grid image, up to 4 a row."""
-    grid = image_grid(images.float().clamp(0, 1), columns=min(4, images.shape[0]))
-    return Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).cpu().numpy())
-
-
-def data_url(image: Image.Image) -> str:
-    buffer = bytes_io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 class Report:
     """The node's progress bar and `perfusion.train` messages to the front end; notices cancel."""
 
@@ -214,8 +200,9 @@ class Report:
                    eta=info.eta)
 
     def preview(self, step: int, images: Tensor) -> None:
-        self.latest = preview_image(images)
-        self._send(phase="preview", step=step, image=data_url(self.latest))
+        grid = preview_grid(images)
+        self.latest = to_pil(grid)
+        self._send(phase="preview", step=step, image=data_url(grid, max_side=512))
 
     @staticmethod
     def stop() -> bool:

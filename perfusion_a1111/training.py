@@ -8,10 +8,9 @@ from pathlib import Path
 
 import torch
 from modules import sd_hijack, shared
-from PIL import Image
 
 from perfusion_core import TrainingError
-from perfusion_core.images import image_grid, load_image_folder, save_png
+from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
 from perfusion_core.train import StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
 
 from . import backend
@@ -62,11 +61,6 @@ class TrainOutcome:
     previews: list[Path] = field(default_factory=list)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
-
-
 class _Reporter:
     """Trainer callbacks that feed `shared.state` and keep preview images beside the concept file."""
 
@@ -84,7 +78,7 @@ class _Reporter:
         grid = image_grid(images, columns=len(images))
         shared.state.assign_current_image(to_pil(grid))
         # the latest preview also becomes the concept's card image
-        path = save_png(grid, self.concept_path.with_suffix(".preview.png"))
+        path = save_image(grid, self.concept_path.with_suffix(".preview.png"))
         self.previews.append(path)
 
 

@@ -8,10 +8,10 @@ import gradio as gr
 from modules import shared
 from modules.call_queue import wrap_gradio_gpu_call
 
-from perfusion_core.images import loss_curve
+from perfusion_core.images import loss_curve, to_pil
 
 from .library import ConceptLibrary
-from .training import TrainRequest, to_pil, train
+from .training import TrainRequest, train
 
 # rows of (TrainRequest field, label); numbers with an integer default are integers
 ROWS = (

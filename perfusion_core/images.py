@@ -1,7 +1,9 @@
-"""Small image helpers in plain torch: grids, a loss-curve plot, and PNG/folder I/O (PIL, imported lazily)."""
+"""Small image helpers in plain torch: grids, a loss-curve plot, and image/folder I/O (PIL, imported lazily)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 from pathlib import Path
 
@@ -51,13 +53,35 @@ def loss_curve(losses: list[float], width: int = 480, height: int = 240, smooth:
     return image
 
 
-def save_png(image: Tensor, path: str | os.PathLike) -> Path:
-    """Save a `(3, H, W)` image in [0, 1] as PNG."""
+def to_pil(image: Tensor):
+    """A `(3, H, W)` image in [0, 1] as a PIL image."""
     from PIL import Image
 
-    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
+    return Image.fromarray((image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+
+def save_image(image: Tensor, path: str | os.PathLike) -> Path:
+    """Save a `(3, H, W)` image in [0, 1]; the suffix picks the format (.png, .jpg, ...)."""
+    to_pil(image).save(path, quality=92)  # JPEG's quality; PNG ignores it
     return Path(path)
+
+
+def preview_grid(images: Tensor) -> Tensor:
+    """`(N, 3, H, W)` preview images as one grid, up to 4 a row."""
+    return image_grid(images.float().clamp(0, 1), columns=min(4, images.shape[0]))
+
+
+def data_url(image: Tensor, max_side: int = 256) -> str:
+    """A `(3, H, W)` image in [0, 1] as a data URL: PNG when it fits in `max_side` pixels a side, else scaled
+    down to fit, as JPEG (a concept file's thumbnail stays a few KB)."""
+    from PIL import Image
+
+    pil, buffer, kind = to_pil(image), io.BytesIO(), "png"
+    if max(pil.size) > max_side:
+        pil.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        kind = "jpeg"
+    pil.save(buffer, format=kind.upper(), quality=85)  # PNG ignores the quality
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def load_image_folder(folder: str | os.PathLike, resolution: int) -> tuple[Tensor, Tensor | None]:

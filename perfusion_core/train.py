@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .concept import Concept
 from .errors import TrainingError
 from .files import read_safetensors, save_concept, save_tensors
+from .images import data_url, preview_grid
 from .layers import CrossAttentionLayer, cross_attention_layers
 from .objective import DiffusionObjective
 from .patch import ConceptUse, PatchHandle, build_patch, install_patch
@@ -345,8 +346,9 @@ class Trainer:
         return [*(f"target.{n}" for n in self.targets), *(f"key_target.{n}" for n in self.key_targets),
                 *(f"embedding.{k}" for k in range(len(self.embeddings)))]
 
-    def save(self) -> None:
-        """Write the lean concept file and the full training state beside it, both atomically."""
+    def save(self) -> Concept:
+        """Write the lean concept file (the latest preview is its thumbnail) and the full training state beside
+        it, both atomically; return the concept as written."""
         s = self.settings
         tensors: dict[str, Tensor] = {
             "i_star": self.i_star.double(), "i_super": self.i_super.double(),
@@ -362,7 +364,10 @@ class Trainer:
         metadata = {"perfusion.state_format": str(STATE_FORMAT), "step": str(self.step), "settings": s.to_json(),
                     "concept_file": self.concept_path.name}
         save_tensors(self.state_path, tensors, metadata)
-        save_concept(self.concept(), self.concept_path)
+        thumbnail = data_url(preview_grid(self.previews[-1][1])) if self.previews else ""
+        concept = replace(self.concept(), thumbnail=thumbnail)
+        save_concept(concept, self.concept_path)
+        return concept
 
     @classmethod
     def resume(cls, host: TrainingHost, data: TrainingData, path: str | Path, **overrides: Any) -> Trainer:
@@ -410,6 +415,23 @@ class Trainer:
         if self.on_preview:
             self.on_preview(self.step, images)
 
+    def _stop_requested(self, should_stop: Callable[[], bool], first_step: int) -> bool:
+        """Ask the host whether to stop (it may answer by raising); a stop first saves the steps done so far."""
+        try:
+            stop = should_stop()
+        except BaseException:
+            self._save_progress(first_step)
+            raise
+        if stop:
+            self._save_progress(first_step)
+        return stop
+
+    def _save_progress(self, first_step: int) -> None:
+        every = self.settings.save_every
+        already_saved = every and self.step % every == 0
+        if self.step > first_step and not already_saved:
+            self.save()
+
     def run(
         self,
         progress: Callable[[StepInfo], None] | None = None,
@@ -417,7 +439,8 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         moment_progress: Progress | None = None,
     ) -> TrainResult:
-        """Train to `settings.steps`, checkpointing every `save_every` steps and at the end."""
+        """Train to `settings.steps`, checkpointing every `save_every` steps, at the end, and when `should_stop`
+        stops the run (by returning True or by raising)."""
         s = self.settings
         self.on_preview = on_preview
         self._prepare(moment_progress)
@@ -427,7 +450,7 @@ class Trainer:
         start, first_step = time.monotonic(), self.step
         try:
             while self.step < s.steps:
-                if should_stop and should_stop():
+                if should_stop and self._stop_requested(should_stop, first_step):
                     raise TrainingError(f"training stopped at step {self.step}; {self._kept()}")
                 loss = sum(self._micro_step(handle, update_ema=k == 0) for k in range(s.grad_accum)) / s.grad_accum
                 self._check_loss(loss)
@@ -447,5 +470,4 @@ class Trainer:
             handle.remove()
             if s.gradient_checkpointing:
                 self.host.set_gradient_checkpointing(False)
-        self.save()
-        return TrainResult(self.concept(), self.losses, self.previews, self.concept_path, self.state_path)
+        return TrainResult(self.save(), self.losses, self.previews, self.concept_path, self.state_path)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .captions import load_captions
-from .images import image_grid, load_image_folder, loss_curve, save_png
+from .images import image_grid, load_image_folder, loss_curve, save_image
 from .train import StepInfo, Trainer, TrainingData, TrainSettings
 
 EXAMPLE = """example:
@@ -101,11 +101,11 @@ def run(args: argparse.Namespace) -> None:
     stem = trainer.concept_path.with_suffix("")
 
     def save_preview(step: int, previews) -> None:
-        save_png(image_grid(previews, columns=len(trainer.settings.preview_seeds)), f"{stem}.preview-{step}.png")
+        save_image(image_grid(previews, columns=len(trainer.settings.preview_seeds)), f"{stem}.preview-{step}.png")
 
     started = time.monotonic()
     result = trainer.run(progress=TerminalProgress(), on_preview=save_preview, moment_progress=_moment_progress)
-    save_png(loss_curve(result.losses), f"{stem}.loss.png")
+    save_image(loss_curve(result.losses), f"{stem}.loss.png")
     Path(f"{stem}.loss.json").write_text(json.dumps(result.losses))
     size = result.concept_path.stat().st_size / 1024
     print(f"wrote {result.concept_path} ({size:.1f} KB) after {trainer.step} steps in "

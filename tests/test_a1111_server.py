@@ -338,7 +338,7 @@ def test_train_route_writes_a_loadable_concept_and_resumes(server):
 
 def test_interrupting_training_keeps_the_last_checkpoint(server):
     request = {"word": "quibble", "superclass": "toy", "images": str(_images_folder(server.root)), "steps": 100000,
-               "batch_size": 1, "grad_accum": 1, "resolution": 64, "save_every": 1}
+               "batch_size": 1, "grad_accum": 1, "resolution": 64}
     if _training_refused(server, request):
         return
     threading.Timer(8, lambda: server.call("/sdapi/v1/interrupt", {})).start()

@@ -184,7 +184,7 @@ def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
     assert render(server, concepts=(trained,)) != render(server)
 
 
-def test_cancel_keeps_the_last_checkpoint_and_leaves_the_model_as_it_was(server, training_images):
+def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, training_images):
     import time
 
     from perfusion_core import load_concept

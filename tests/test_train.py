@@ -1,10 +1,16 @@
 """The training loop on small random diffusers models of the real SD architectures (CPU)."""
 
+import base64
+import io
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from perfusion_core import PerfusionError, TrainingError, load_concept, patch_unet
 from perfusion_core.diffusers_host import DiffusersHost
+from perfusion_core.images import preview_grid
 from perfusion_core.train import Trainer, TrainingData, TrainSettings, state_path_for
 
 from .builders import WORDS, build_model_folder, random_images
@@ -92,13 +98,27 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(sd1_folder, tmp_path):
     assert sum(len(m._forward_pre_hooks) for m in host.unet.modules()) == 0  # hooks removed
 
 
-def test_stop_request_keeps_checkpoint(sd1_folder, tmp_path):
+def test_a_stop_saves_the_steps_done(sd1_folder, tmp_path):
+    host, data = _host(sd1_folder, tmp_path), TrainingData(random_images(2))
     out = tmp_path / "stop.safetensors"
-    trainer = Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(2)), _settings(steps=5, save_every=1),
-                      out)
-    with pytest.raises(TrainingError, match="stopped at step 2"):
+    trainer = Trainer(host, data, _settings(steps=5), out)  # no periodic checkpoints
+    with pytest.raises(TrainingError, match="stopped at step 2.*stop.state.safetensors"):
         trainer.run(should_stop=lambda: trainer.step >= 2)
     assert load_concept(out).training["steps"] == "2"
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel() -> bool:  # hosts such as ComfyUI stop by raising their own exception
+        if trainer.step >= 3:
+            raise Cancelled
+        return False
+
+    trainer = Trainer.resume(host, data, out)
+    with pytest.raises(Cancelled):
+        trainer.run(should_stop=cancel)
+    assert load_concept(out).training["steps"] == "3"
+    assert Trainer.resume(host, data, out).step == 3
 
 
 def test_bad_words_and_data(sd1_folder, tmp_path):
@@ -136,10 +156,17 @@ def test_other_families_train(tmp_path, family, prediction):
 def test_previews_and_progress(sd1_folder, tmp_path):
     seen, previews = [], []
     settings = _settings(steps=2, preview_every=1, preview_seeds=(0, 1))
-    Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(2)), settings, tmp_path / "p.safetensors").run(
-        progress=seen.append, on_preview=lambda step, images: previews.append((step, images.shape)))
+    result = Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(2)), settings,
+                     tmp_path / "p.safetensors").run(
+        progress=seen.append, on_preview=lambda step, images: previews.append((step, images)))
     assert [s.step for s in seen] == [1, 2] and seen[-1].eta == 0
-    assert previews == [(1, (2, 3, 16, 16)), (2, (2, 3, 16, 16))]
+    assert [(step, images.shape) for step, images in previews] == [(1, (2, 3, 16, 16)), (2, (2, 3, 16, 16))]
+    # the latest preview is the file's thumbnail, pixel for pixel
+    thumbnail = load_concept(result.concept_path).thumbnail
+    assert thumbnail.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(thumbnail.split(",", 1)[1]))) as image:
+        shown = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+    assert torch.allclose(shown, preview_grid(previews[-1][1]), atol=1 / 255)
 
 
 def test_loss_falls_when_overfitting_a_fixed_batch(sd1_folder, tmp_path):
@@ -177,12 +204,12 @@ def test_command_line_resume_equals_one_run(sd1_folder, tmp_path):
     import sys
     from pathlib import Path
 
-    from perfusion_core.images import save_png
+    from perfusion_core.images import save_image
 
     images = tmp_path / "images"
     images.mkdir()
     for k, image in enumerate(random_images(2)):
-        save_png(image, images / f"{k}.png")
+        save_image(image, images / f"{k}.png")
     env = {"PERFUSION_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(CAPTIONS))
