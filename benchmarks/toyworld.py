@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw
 from benchmarks import baselines
 from perfusion_core import Concept, ConceptUse, patch_unet
 from perfusion_core.diffusers_host import DiffusersHost
-from perfusion_core.images import image_grid, save_png
-from perfusion_core.train import Trainer, TrainingData, TrainSettings
+from perfusion_core.images import image_grid, save_image
+from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
 from toyworld import probe as toy_probe
 
@@ -149,8 +149,7 @@ def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, st
     methods = []
     for name, lock in (("perfusion", True), ("trained_k", False)):
         started = time.process_time()
-        settings = TrainSettings(word=word, superclass=concept.superclass, steps=steps, batch_size=recipe.batch_size,
-                                 flip=0.0, lr_target=demo.LR_TARGET, lock_keys=lock)
+        settings = demo.train_settings(word, concept.superclass, steps, lock_keys=lock)
         trained = Trainer(host, data, settings, out / f"{concept_name}{suffix}.{name}.safetensors").run().concept
         methods.append(Method(name, word, trained.embeddings, _perfusion(host, trained), BETAS,
                               time.process_time() - started, trained))
@@ -326,15 +325,25 @@ def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, 
     return rates, shown
 
 
-def summary(points: dict[str, list[dict]], two_concept: dict[str, float]) -> dict:
-    """The headline comparisons: dominance between fronts, key-locking's prompt gain, composition."""
-    front = lambda name: [(p["concept_fidelity"], p["prompt_fidelity"]) for p in points[name]]  # noqa: E731
+def dominance(points: dict[str, list[dict]], concept_score: str) -> dict[str, bool]:
+    """Perfusion's front against the baselines', with `concept_score` against prompt fidelity."""
+    front = lambda name: [(p[concept_score], p["prompt_fidelity"]) for p in points[name]]  # noqa: E731
     ours = front("perfusion")
     return {
         "perfusion_dominates_ti": all(dominated(p, ours) for p in front("textual_inversion")),
         "perfusion_dominated_by_lora": all(dominated(p, front("lora_r4")) for p in ours),
         "perfusion_dominated_by_full_fine_tune": all(dominated(p, front("full_fine_tune")) for p in ours),
-        "keylock_prompt_gain": gain_at_equal_fidelity(ours, front("trained_k")),
+    }
+
+
+def summary(points: dict[str, list[dict]], two_concept: dict[str, float]) -> dict:
+    """The headline comparisons: dominance between fronts (concept fidelity against prompt fidelity, and the
+    same with concept presence, the less saturated score), key-locking's prompt gain, composition."""
+    front = lambda name: [(p["concept_fidelity"], p["prompt_fidelity"]) for p in points[name]]  # noqa: E731
+    return {
+        **dominance(points, "concept_fidelity"),
+        "by_concept_present": dominance(points, "concept_present"),
+        "keylock_prompt_gain": gain_at_equal_fidelity(front("perfusion"), front("trained_k")),
         "keylock_prompt_gain_same_beta": float(np.mean([p["prompt_fidelity"] - q["prompt_fidelity"] for p, q in
                                                         zip(points["perfusion"], points["trained_k"], strict=True)])),
         "two_concept_both_present": two_concept.get("perfusion"),
@@ -409,7 +418,7 @@ def main() -> None:
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")
     grid = image_grid(torch.cat(grid_rows), columns=len(shown))
-    save_png(grid.repeat_interleave(6, dim=1).repeat_interleave(6, dim=2), args.out / "toyworld_grid.png")
+    save_image(grid.repeat_interleave(6, dim=1).repeat_interleave(6, dim=2), args.out / "toyworld_grid.png")
     (args.out / "toyworld.json").write_text(json.dumps(figures, indent=1) + "\n")
     print("\n".join(markdown))
     print(f"grid rows: training images, {', '.join(samples)}, two concepts (perfusion)")

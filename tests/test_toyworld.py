@@ -109,6 +109,16 @@ def test_model_folder_loads_with_diffusers_and_transformers(tmp_path):
     assert toymodel.load(tmp_path).res == 16
 
 
+def test_text_attention_scale_shrinks_only_the_attention_output():
+    plain = dict(toymodel.build(toymodel.ModelConfig(**{**TINY.__dict__, "text_attention_scale": 1.0})).text_encoder
+                 .named_parameters())
+    scaled = dict(toymodel.build(TINY).text_encoder.named_parameters())
+    for name, value in plain.items():
+        expected = value * TINY.text_attention_scale if name.endswith("self_attn.out_proj.weight") else value
+        assert torch.allclose(scaled[name], expected), name
+    assert pretrain.model_config({"channels": "8,16", "res": 16, "zero_snr": True}).text_attention_scale == 1.0
+
+
 def test_sampling_is_seeded():
     m = toymodel.build(TINY)
     prompts = ["a red star on the left on a white background"] * 2

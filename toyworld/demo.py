@@ -16,7 +16,7 @@ import torch
 
 from perfusion_core import ConceptUse, load_concept, patch_unet
 from perfusion_core.diffusers_host import DiffusersHost
-from perfusion_core.images import image_grid, save_png
+from perfusion_core.images import image_grid, save_image
 from perfusion_core.train import Trainer, TrainingData, TrainSettings
 from toyworld import world
 
@@ -45,6 +45,13 @@ def training_data(concept: str, views: tuple[tuple[str, str], ...] = TRAINING_VI
     return TrainingData(images.float(), captions=tuple(world.caption(scene, ("{}",)) for scene in scenes))
 
 
+def train_settings(word: str, superclass: str, steps: int = 400, **overrides) -> TrainSettings:
+    """The toy world's recipe: the paper's, with batch 16 in one go, no mirroring (captions say left and right)
+    and the larger value-target learning rate."""
+    return TrainSettings(word=word, superclass=superclass, steps=steps, batch_size=16, flip=0.0,
+                         lr_target=LR_TARGET, **overrides)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="demo_output", help="output folder")
@@ -60,9 +67,7 @@ def main() -> None:
     host = DiffusersHost(args.model, captions=world_captions(), cache_dir=out / "cache", guidance=4.0)
     data = training_data("checker_heart")
     images = data.images
-    # no mirroring: the captions say left and right
-    settings = TrainSettings(word=args.word, superclass="heart", steps=args.steps, batch_size=16, flip=0.0,
-                             lr_target=LR_TARGET)
+    settings = train_settings(args.word, "heart", args.steps)
     print(f"training '{args.word}' (superclass 'heart') on {len(images)} images for {args.steps} steps ...")
     result = Trainer(host, data, settings, out / f"{args.word}.safetensors").run()
     trained = time.monotonic() - started
@@ -81,7 +86,7 @@ def main() -> None:
         rows.append(torch.cat(row))
     grid = image_grid(torch.cat(rows), columns=len(BETAS))
     grid = grid.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2)  # 16 px images, shown 8x
-    path = save_png(grid, out / "grid.png")
+    path = save_image(grid, out / "grid.png")
     print(f"grid: {path} (row 1: training images; rows 2-{len(PROMPTS) + 1}: prompts below; "
           f"columns: beta {', '.join(map(str, BETAS))})")
     for prompt in PROMPTS:

@@ -36,6 +36,7 @@ class ModelConfig:
     text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
+    text_attention_scale: float = 0.25  # see build_text_encoder
     zero_snr: bool = True
     beta_schedule: str = "squaredcos_cap_v2"
 
@@ -56,7 +57,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
-    """Small CLIP text encoder with the tokenizer's real special-token ids."""
+    """Small CLIP text encoder with the tokenizer's real special-token ids.
+
+    Its self-attention output projections are scaled by `cfg.text_attention_scale`. At random initialisation
+    (the toy model keeps its text encoder frozen there) attention averages every earlier token into each later
+    one, so a concept word's encoding reappears in the words after it, and the gate, which measures that
+    encoding, opens on them too; a smaller scale keeps each word's encoding its own.
+    """
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
@@ -64,7 +71,12 @@ def build_text_encoder(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config)
+    encoder = CLIPTextModel(config)
+    with torch.no_grad():
+        for name, module in encoder.named_modules():
+            if name.endswith("self_attn.out_proj"):
+                module.weight.mul_(cfg.text_attention_scale)
+    return encoder
 
 
 def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:

@@ -36,6 +36,7 @@ from toyworld.sample import generate
 RUN_KEYS = (
     "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
+    "text_attention_scale",
 )
 FEW_POSITIONS = ("left", "right")
 
@@ -70,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="minsnr: min(SNR,g)/(SNR+1), vanishes at high noise; minsnr1: min(1, g/(SNR+1))")
     ap.add_argument("--gamma", type=float, default=5.0)
     ap.add_argument("--zero-snr", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--text-attention-scale", type=float, default=0.25,
+                    help="scale of the text encoder's attention output at initialisation (1: plain CLIP init)")
     ap.add_argument("--freeze-text", action=argparse.BooleanOptionalAction, default=True,
                     help="keep the random text encoder fixed (trained jointly, it merges the position words)")
     ap.add_argument("--few-positions-until", type=int, default=0,
@@ -81,7 +84,8 @@ def model_config(cfg: dict) -> toymodel.ModelConfig:
     """Model sizes for a run configuration."""
     channels = tuple(int(c) for c in str(cfg["channels"]).split(","))
     cross_attn = (False,) + (True,) * (len(channels) - 1)  # no attention at full resolution
-    return toymodel.ModelConfig(res=cfg["res"], channels=channels, cross_attn=cross_attn, zero_snr=cfg["zero_snr"])
+    return toymodel.ModelConfig(res=cfg["res"], channels=channels, cross_attn=cross_attn, zero_snr=cfg["zero_snr"],
+                                  text_attention_scale=cfg.get("text_attention_scale", 1.0))  # runs before the knob: 1
 
 
 def snr_weight(snr: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:

@@ -1,17 +1,16 @@
 """The pack's example workflows: UI-format graphs built from API-format ones, and converted back to run them.
 
-`python -m tests.comfy.workflows` (with COMFYUI_PATH set) writes `example_workflows/*.json` and renders each
-one's `.jpg` thumbnail from a real run on the test checkpoint.
+`python -m tests.comfy.workflows` (with COMFYUI_PATH set) writes `example_workflows/*.json`; the tests run each
+one on the test checkpoint. Their `.jpg` thumbnails come from the toy model (`python -m toyworld.thumbnails`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from pathlib import Path
 
-from .graphs import CHECKPOINT, sample_graph, train_graph, write_training_images
+from .graphs import CHECKPOINT, sample_graph, train_graph
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
 EXAMPLE_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -142,42 +141,18 @@ def for_test(graph: dict) -> dict:
 
 
 def _write_examples() -> None:
-    """Write the workflows, run each on the test checkpoint, and save its first output as the thumbnail."""
-    from PIL import Image
-
-    from .graphs import test_concept, write_concept
-    from .server import ComfyServer, cache_dir
+    """Write the workflows in the UI format of the ComfyUI at COMFYUI_PATH (thumbnails: `toyworld.thumbnails`)."""
+    from .server import ComfyServer
 
     EXAMPLES.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="perfusion-examples-") as base:
         server = ComfyServer(Path(base)).start()
         try:
-            write_training_images(server.base / "input")
-            for word, seed in (("hugsy", 0), ("wugsy", 1)):
-                write_concept(server.perfusion_dir, word,
-                              test_concept(cache_dir() / "models" / "tiny-sd15.layers.json", word, seed))
             info = server.get("/object_info")
             for name, graph in example_graphs().items():
-                workflow = to_ui(graph, info)
-                (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-                entry = server.run(for_test(to_api(workflow, info)))
-                key = str(list(graph).index("previews" if name == "train-one-concept" else "save") + 1)
-                images = [Image.frombytes("RGB", _size(entry, key, server), raw) for raw in server.images(entry, key)]
-                strip = Image.new("RGB", (sum(i.width for i in images), images[0].height))
-                for k, image in enumerate(images):
-                    strip.paste(image, (k * images[0].width, 0))
-                strip.resize((strip.width * 4, strip.height * 4), Image.Resampling.NEAREST).save(
-                    EXAMPLES / f"{name}.jpg", quality=90)
+                (EXAMPLES / f"{name}.json").write_text(json.dumps(to_ui(graph, info), indent=1) + "\n")
         finally:
             server.stop()
-
-
-def _size(entry: dict, node: str, server) -> tuple[int, int]:
-    from PIL import Image
-
-    first = entry["outputs"][node]["images"][0]
-    query = "&".join(f"{k}={first[k]}" for k in ("filename", "subfolder", "type"))
-    return Image.open(io.BytesIO(server.request(f"/view?{query}"))).size
 
 
 if __name__ == "__main__":

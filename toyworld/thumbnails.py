@@ -1,0 +1,76 @@
+"""The example workflows' thumbnails, rendered on the shipped toy model with the core the nodes use.
+
+Each `example_workflows/NAME.jpg` shows what its workflow does, on two held-out concepts of the toy world
+(a checked heart "hugsy", a ringed circle "zappy"), each trained for 400 steps:
+- train-one-concept: the training images, then the previews the trainer renders as it goes;
+- apply-with-gate-sweep: one prompt and seed across the gate bias β;
+- two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds).
+
+    python -m toyworld.thumbnails [--out example_workflows]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from perfusion_core import Concept, ConceptUse, patch_unet
+from perfusion_core.diffusers_host import DiffusersHost
+from perfusion_core.images import image_grid, save_image
+from perfusion_core.train import Trainer
+from toyworld import demo, world
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+CONCEPTS = {"hugsy": "checker_heart", "zappy": "ringed_circle"}
+PREVIEW = "a {} on the right on a gray background"
+SWEEP = "a {} at the top and a green circle at the bottom on a black background"
+PAIR = "a hugsy on the left and a zappy on the right on a {} background"
+SCALE = 8  # 16-pixel images, shown 8× with nearest-neighbour
+
+
+def save_jpg(images: torch.Tensor, columns: int, path: Path) -> Path:
+    """A grid of `(N, 3, h, w)` images in [0, 1], enlarged `SCALE`× with nearest-neighbour."""
+    grid = image_grid(images, columns=columns)
+    return save_image(grid.repeat_interleave(SCALE, dim=1).repeat_interleave(SCALE, dim=2), path)
+
+
+def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0) -> tuple[Concept, list[torch.Tensor]]:
+    """One concept trained with the toy world's recipe; its previews (seed 0) every `preview_every` steps."""
+    concept = world.CONCEPTS[CONCEPTS[word]]
+    settings = demo.train_settings(word, concept.superclass, preview_every=preview_every,
+                                   preview_prompts=(PREVIEW,))
+    result = Trainer(host, demo.training_data(CONCEPTS[word]), settings, work / f"{word}.safetensors").run()
+    return result.concept, [images for _, images in result.previews]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=EXAMPLES)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="perfusion-thumbnails-") as work:
+        host = DiffusersHost(demo.MODEL, captions=demo.world_captions(), cache_dir=Path(work), guidance=4.0)
+        hugsy, previews = train(host, "hugsy", Path(work), preview_every=80)
+        training = demo.training_data("checker_heart").images
+        print(save_jpg(torch.cat([training, *previews]), len(training), args.out / "train-one-concept.jpg"))
+
+        sweep = []
+        for beta in demo.BETAS:
+            with patch_unet(host.unet, [ConceptUse(hugsy, beta, 0.15)]):
+                sweep.append(host.sample([SWEEP.format("hugsy")], [0], hugsy.embeddings))
+        print(save_jpg(torch.cat(sweep), len(sweep), args.out / "apply-with-gate-sweep.jpg"))
+
+        zappy, _ = train(host, "zappy", Path(work))
+        host.install_word("hugsy", hugsy.embeddings)
+        host.install_word("zappy", zappy.embeddings)
+        prompts = [PAIR.format(background) for background in world.BACKGROUNDS for _ in range(2)]
+        with patch_unet(host.unet, [ConceptUse(hugsy, 0.7, 0.15), ConceptUse(zappy, 0.7, 0.15)]):
+            pair = host.sample(prompts, list(range(len(prompts))))
+        print(save_jpg(pair, len(pair), args.out / "two-concepts-one-image.jpg"))
+
+
+if __name__ == "__main__":
+    main()
