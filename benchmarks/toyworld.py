@@ -418,7 +418,7 @@ def main() -> None:
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")
     grid = image_grid(torch.cat(grid_rows), columns=len(shown))
-    save_image(grid.repeat_interleave(6, dim=1).repeat_interleave(6, dim=2), args.out / "toyworld_grid.png")
+    save_image(grid, args.out / "toyworld_grid.png", scale=6)
     (args.out / "toyworld.json").write_text(json.dumps(figures, indent=1) + "\n")
     print("\n".join(markdown))
     print(f"grid rows: training images, {', '.join(samples)}, two concepts (perfusion)")

@@ -60,9 +60,11 @@ def to_pil(image: Tensor):
     return Image.fromarray((image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
-def save_image(image: Tensor, path: str | os.PathLike) -> Path:
-    """Save a `(3, H, W)` image in [0, 1]; the suffix picks the format (.png, .jpg, ...)."""
-    to_pil(image).save(path, quality=92)  # JPEG's quality; PNG ignores it
+def save_image(image: Tensor, path: str | os.PathLike, scale: int = 1) -> Path:
+    """Save a `(3, H, W)` image in [0, 1], enlarged `scale`× with nearest-neighbour (tiny images stay sharp);
+    the suffix picks the format (.png, .jpg, ...)."""
+    enlarged = image.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    to_pil(enlarged).save(path, quality=92)  # JPEG's quality; PNG ignores it
     return Path(path)
 
 

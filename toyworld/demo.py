@@ -85,8 +85,7 @@ def main() -> None:
                 row.append(host.sample([prompt.format(args.word)], [0], embeddings))
         rows.append(torch.cat(row))
     grid = image_grid(torch.cat(rows), columns=len(BETAS))
-    grid = grid.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2)  # 16 px images, shown 8x
-    path = save_image(grid, out / "grid.png")
+    path = save_image(grid, out / "grid.png", scale=8)  # 16 px images, shown 8x
     print(f"grid: {path} (row 1: training images; rows 2-{len(PROMPTS) + 1}: prompts below; "
           f"columns: beta {', '.join(map(str, BETAS))})")
     for prompt in PROMPTS:

@@ -32,9 +32,8 @@ SCALE = 8  # 16-pixel images, shown 8× with nearest-neighbour
 
 
 def save_jpg(images: torch.Tensor, columns: int, path: Path) -> Path:
-    """A grid of `(N, 3, h, w)` images in [0, 1], enlarged `SCALE`× with nearest-neighbour."""
-    grid = image_grid(images, columns=columns)
-    return save_image(grid.repeat_interleave(SCALE, dim=1).repeat_interleave(SCALE, dim=2), path)
+    """A grid of `(N, 3, h, w)` images in [0, 1], enlarged `SCALE`×."""
+    return save_image(image_grid(images, columns=columns), path, scale=SCALE)
 
 
 def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0) -> tuple[Concept, list[torch.Tensor]]:

@@ -1,6 +1,7 @@
 // Train Perfusion in the ComfyUI front end: a live loss chart and the latest preview while it trains.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { addViewWidget } from "./view-widget.js";
 
 const TRAINER = "PerfusionTrain";
 const EVENT = "perfusion.train";
@@ -82,12 +83,7 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       const view = trainView();
       this.perfusionTrain = view;
-      let widget;
-      // The node makes room for the view (a DOM widget gets 50 px otherwise) and grows with the preview.
-      widget = this.addDOMWidget("training", "perfusion_train", view.root, {
-        serialize: false,
-        getMinHeight: () => viewHeight(view) + 2 * (widget?.margin ?? 10),
-      });
+      addViewWidget(this, "training", "perfusion_train", view.root, () => viewHeight(view)); // grows with the preview
       return result;
     };
   },

@@ -1,6 +1,7 @@
 // Perfusion nodes in the ComfyUI front end: the loader shows the concept's preview and metadata.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { addViewWidget } from "./view-widget.js";
 
 const LOADER = "PerfusionLoadConcept";
 
@@ -47,12 +48,7 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, arguments);
       const view = infoElement();
       this.perfusionInfo = view;
-      let widget;
-      // The node makes room for the preview and the metadata lines (a DOM widget gets 50 px otherwise).
-      widget = this.addDOMWidget("concept_info", "perfusion_info", view.root, {
-        serialize: false,
-        getMinHeight: () => infoHeight(view) + 2 * (widget?.margin ?? 10),
-      });
+      addViewWidget(this, "concept_info", "perfusion_info", view.root, () => infoHeight(view));
       const combo = this.widgets.find((w) => w.name === "concept_name");
       const refresh = async () => {
         show(view, await fetchInfo(combo?.value));
