@@ -56,9 +56,9 @@ def _fit(host: TrainingHost, data: TrainingData, word: str, superclass: str, rec
     objective, losses = host.objective, []
     for _ in range(recipe.steps):
         index = torch.randint(len(latents), (recipe.batch_size,), generator=generator)
-        t = torch.randint(objective.num_timesteps, (recipe.batch_size,), generator=generator)
-        x0 = latents[index]
-        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(objective.num_timesteps, (recipe.batch_size,), generator=generator).to(latents.device)
+        x0 = latents[index.to(latents.device)]
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # CPU draws: the same on every device
         cond = host.encode([data.captions[k].format(word) for k in index.tolist()], embeddings)
         prediction = host.predict(objective.add_noise(x0, noise, t), t, cond).float()
         loss = (prediction - objective.target(x0, noise, t)).square().mean()
@@ -103,8 +103,9 @@ def lora(host: TrainingHost, data: TrainingData, word: str, superclass: str, rec
     """LoRA of `rank` on every cross-attention projection, with the word's embedding (B starts at zero)."""
     generator = torch.Generator().manual_seed(recipe.seed + 1)
     modules = _lora_targets(host.unet)
-    factors = {m: (torch.randn(rank, m.in_features, generator=generator).div_(m.in_features ** 0.5).requires_grad_(),
-                   torch.zeros(m.out_features, rank, requires_grad=True)) for m in modules}
+    factors = {m: (torch.randn(rank, m.in_features, generator=generator).div_(m.in_features ** 0.5)
+                   .to(m.weight.device).requires_grad_(),
+                   torch.zeros(m.out_features, rank, device=m.weight.device, requires_grad=True)) for m in modules}
     adapted = Adapted(word, [], [], lora=factors)
     with lora_applied([adapted]):
         adapted.embeddings, adapted.losses = _fit(host, data, word, superclass, recipe,

@@ -9,12 +9,14 @@ steps and batch, then renders a fixed set of prompts and seeds:
 - prompt fidelity: the fraction of prompted attributes the probe finds: the concept's place and the
   background, and for prompts with an ordinary second object, that object (shape and colour) at its place
   (the analogue of CLIP-T);
-- concept present: the probe finds the superclass shape in one of the concept's colours where prompted.
+- concept present: the probe finds the superclass shape in one of the concept's colours where prompted;
+- pattern contrast: the spread of colours inside the object relative to the concept's own (1: as varied as the
+  concept's checks or ring, 0: one flat colour), read where the probe finds the object (one-object prompts).
 Perfusion and trained-K sweep the gate bias β, LoRA and the fine-tune their weight scale. Two separately
 trained concepts are then prompted together. Outputs go to `benchmarks/results/` (markdown table, Pareto
 plot, image grid, toyworld.json); the last line printed is the JSON.
 
-    python -m benchmarks.toyworld [--steps 400] [--threads 2]
+    python -m benchmarks.toyworld [--steps 400] [--threads 2] [--device cuda]
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class Scorer:
         references = self._render([world.concept_scene(concept, readings[k]["position"], readings[k]["background"])
                                    for k in single])
         fidelity = (self.features(images[single]) * self.features(references)).sum(-1).tolist()
+        contrast = [pattern_contrast(images[k], reference, readings[k]["background"])
+                    for k, reference in zip(single, references, strict=True)]
         prompt_hits, present = [], []
         for image, reading, item in zip(images, readings, scenes, strict=True):
             target, *others = item.scene.objects
@@ -125,7 +129,22 @@ class Scorer:
             prompt_hits.extend(hits)
             present.append(found)
         return {"concept_fidelity": float(np.mean(fidelity)), "prompt_fidelity": float(np.mean(prompt_hits)),
-                "concept_present": float(np.mean(present))}
+                "concept_present": float(np.mean(present)), "pattern_contrast": float(np.mean(contrast))}
+
+
+def pattern_contrast(image: torch.Tensor, reference: torch.Tensor, background: str) -> float:
+    """Standard deviation of the sample's colours inside its object, over that of the reference inside its own:
+    how much of the concept's pattern survives, whatever its phase. Inside: off the background colour, and so
+    are the four neighbours (edge pixels, half object and half background, would count as pattern)."""
+    bg = torch.tensor(world.BACKGROUNDS[background])[:, None, None]
+
+    def spread(x: torch.Tensor) -> float:
+        on = (x - bg).abs().amax(0) > 0.15
+        inner = torch.zeros_like(on)
+        inner[1:-1, 1:-1] = (on[1:-1, 1:-1] & on[:-2, 1:-1] & on[2:, 1:-1] & on[1:-1, :-2] & on[1:-1, 2:])
+        return float(x[:, inner].std(dim=1).mean()) if inner.sum() > 1 else 0.0
+
+    return spread(image) / max(spread(reference), 1e-6)
 
 
 @dataclass
@@ -141,24 +160,30 @@ class Method:
     trained: Concept | baselines.Adapted
 
 
+def train_clock(host: DiffusersHost) -> Callable[[], float]:
+    """CPU seconds on the CPU (fair on a shared machine); wall seconds on an accelerator."""
+    return time.process_time if host.device.type == "cpu" else time.perf_counter
+
+
 def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, steps: int, out: Path,
                   suffix: str = "") -> list[Method]:
     """Train all five methods for one concept on `data`."""
+    clock = train_clock(host)
     concept, word = world.CONCEPTS[concept_name], WORDS[concept_name]
     recipe = baselines.Recipe(steps=steps)
     methods = []
     for name, lock in (("perfusion", True), ("trained_k", False)):
-        started = time.process_time()
+        started = clock()
         settings = demo.train_settings(word, concept.superclass, steps, lock_keys=lock)
         trained = Trainer(host, data, settings, out / f"{concept_name}{suffix}.{name}.safetensors").run().concept
         methods.append(Method(name, word, trained.embeddings, _perfusion(host, trained), BETAS,
-                              time.process_time() - started, trained))
+                              clock() - started, trained))
     for name, train, knobs in (("textual_inversion", baselines.textual_inversion, (1.0,)),
                                ("lora_r4", baselines.lora, SCALES), ("full_fine_tune", baselines.full_fine_tune, SCALES)):
-        started = time.process_time()
+        started = clock()
         adapted = train(host, data, word, concept.superclass, recipe)
         methods.append(Method(name, word, adapted.embeddings, _baseline(host, adapted), knobs,
-                              time.process_time() - started, adapted))
+                              clock() - started, adapted))
     return methods
 
 
@@ -271,14 +296,14 @@ def plot_fronts(points: dict[str, list[dict]], path: Path, size: int = 560) -> N
     image.save(path)
 
 
-def table(points: dict[str, list[dict]], seconds: dict[str, float]) -> str:
-    lines = ["| method | knob | concept fidelity | prompt fidelity | concept present | train CPU s |",
-             "|---|---|---|---|---|---|"]
+def table(points: dict[str, list[dict]], seconds: dict[str, float], clock: str = "CPU") -> str:
+    lines = [f"| method | knob | concept fidelity | prompt fidelity | concept present | pattern contrast | train {clock} s |",
+             "|---|---|---|---|---|---|---|"]
     for name, ps in points.items():
         for p in ps:
             knob = "-" if "knob" not in p else f"{p['knob']:g}"
             lines.append(f"| {name} | {knob} | {p['concept_fidelity']:.3f} | {p['prompt_fidelity']:.3f} | "
-                         f"{p['concept_present']:.2f} | {seconds.get(name, 0):.0f} |")
+                         f"{p['concept_present']:.2f} | {p['pattern_contrast']:.2f} | {seconds.get(name, 0):.0f} |")
     return "\n".join(lines)
 
 
@@ -356,13 +381,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="cpu", help="torch device for the model (the probe stays on the CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     started = time.monotonic()
-    host = DiffusersHost(demo.MODEL, captions=demo.world_captions(), cache_dir=work / "cache", guidance=4.0)
+    host = DiffusersHost(demo.MODEL, captions=demo.world_captions(), cache_dir=work / "cache", guidance=4.0,
+                         device=args.device)
     scorer = Scorer()
     probe_scores, model_scores = probe_accuracy(scorer), model_accuracy(host, scorer)
     model_attrs = {k: model_scores[k] for k in ("shape", "colour", "position", "background")}
@@ -395,6 +422,7 @@ def main() -> None:
 
     points = {name: _mean_points(ps) for name, ps in per_concept.items()}
     mean_seconds = {name: float(np.mean(s)) for name, s in seconds.items()}
+    clock = "CPU" if train_clock(host) is time.process_time else "wall"
     two_concept, pair_images = two_concepts(host, scorer, list(zip(*trained.values(), strict=True)))
     if pair_images is not None:
         grid_rows.append(pair_images[: len(shown)])
@@ -406,13 +434,15 @@ def main() -> None:
         **summary(points, two_concept),
         "points": points,
         "one_shot_points": one_shot,
-        "train_cpu_seconds": mean_seconds,
+        "train_seconds": mean_seconds,
+        "train_clock": clock,
+        "device": str(host.device),
         "steps": args.steps,
         "seconds": round(time.monotonic() - started),
     }
     markdown = ["# Toy-world personalisation benchmark", "",
                 f"Mean over {', '.join(WORDS)}; {args.steps} steps, batch 16, {len(demo.TRAINING_VIEWS)} images each.", "",
-                table(points, mean_seconds), "", "## One-shot (checker_heart, one image)", "", table(one_shot, {}), "",
+                table(points, mean_seconds, clock), "", "## One-shot (checker_heart, one image)", "", table(one_shot, {}, clock), "",
                 "## Two concepts in one prompt (both present)", "",
                 *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))

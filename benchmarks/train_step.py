@@ -60,14 +60,15 @@ def _add_lora(unet: nn.Module) -> list[nn.Parameter]:
 def _perfusion(unet: nn.Module, encoder: CLIPTextModel):
     """Trainable o*_V per layer and a trainable word embedding that reaches the context through the encoder."""
     layers = cross_attention_layers(unet)
-    d = layers[0].context_dim
-    i_star = torch.randn(d)
-    targets = {layer.name: torch.zeros(layer.v_dim, requires_grad=True) for layer in layers}
+    d, device = layers[0].context_dim, encoder.device
+    i_star = torch.randn(d, device=device)
+    targets = {layer.name: torch.zeros(layer.v_dim, device=device, requires_grad=True) for layer in layers}
     embedding = encoder.get_input_embeddings().weight[100].detach().clone().requires_grad_(True)
     concept = Concept(word="hugsy", superclass="teddy", family="sd1", context_dim=d, text_encoder_layer="last",
-                      i_star=i_star, v=i_star.clone(), i_super=torch.randn(d), embeddings=[embedding], o_v=targets)
+                      i_star=i_star, v=i_star.clone(), i_super=torch.randn(d, device=device), embeddings=[embedding],
+                      o_v=targets)
     install_patch(unet, layers, build_patch(layers, [ConceptUse(concept, 0.75, 0.1)]))
-    ids = torch.randint(0, 1000, (1, 77))
+    ids = torch.randint(0, 1000, (1, 77), device=device)
     ids[0, 5] = 100
 
     def context() -> torch.Tensor:

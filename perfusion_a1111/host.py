@@ -151,13 +151,24 @@ class A1111Host:
 
 @contextmanager
 def trainable(sd_model) -> Iterator[None]:
-    """Gradients on, for the trainer's tensors only: the model's own weights stay frozen."""
+    """Gradients on, for the trainer's tensors only: the model's own weights stay frozen.
+
+    ldm's own block checkpointing is switched off meanwhile: A1111 before 1.10 loads SD1/SD2 with it on, and its
+    backward differentiates every weight of the block, which fails on frozen weights (1.10 turns it off at load).
+    The web UI's optional checkpointing (`set_gradient_checkpointing`) is a separate mechanism.
+    """
     flags = [(p, p.requires_grad) for p in sd_model.parameters()]
+    ldm_checkpointing = [(m, name) for m in sd_model.modules() for name in ("checkpoint", "use_checkpoint")
+                         if getattr(m, name, None) is True]
     try:
         with torch.inference_mode(False), torch.enable_grad():
             for p, _ in flags:
                 p.requires_grad_(False)
+            for m, name in ldm_checkpointing:
+                setattr(m, name, False)
             yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+        for m, name in ldm_checkpointing:
+            setattr(m, name, True)

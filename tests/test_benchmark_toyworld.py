@@ -38,6 +38,8 @@ def test_scores_of_exact_renders_and_of_a_plain_superclass(name):
     # a plain green superclass where the prompt says: prompt followed, concept not reproduced
     assert plain["prompt_fidelity"] > 0.95 and plain["concept_present"] < 0.05
     assert plain["concept_fidelity"] < exact["concept_fidelity"] - 0.05
+    # the concept's checks or ring keep their spread of colours; a flat colour has none
+    assert exact["pattern_contrast"] > 0.9 and plain["pattern_contrast"] < 0.2
 
 
 def test_two_concepts_present_in_exact_renders_and_absent_in_plain_ones():

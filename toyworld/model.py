@@ -126,7 +126,7 @@ def save(model: ToyModel, path: str | Path, fp16: bool = True) -> None:
     """Write the diffusers-layout folder (weights as fp16 safetensors by default)."""
     path = Path(path)
     for name, module in (("unet", model.unet), ("text_encoder", model.text_encoder)):
-        copy = deepcopy(module)
+        copy = deepcopy(module).cpu()
         (copy.half() if fp16 else copy.float()).save_pretrained(path / name, safe_serialization=True)
     model.tokenizer.save_pretrained(path / "tokenizer")
     model.scheduler.save_pretrained(path / "scheduler")

@@ -20,7 +20,10 @@ import random
 import shutil
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from copy import deepcopy
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-steps", type=int, default=None, help="stop at this total step count")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device (cuda runs the same code and random streams)")
+    ap.add_argument("--workers", type=int, default=0, help="processes rendering batches ahead (0: none)")
     ap.add_argument("--export", type=Path, default=None, help="write EMA weights to this model folder and exit")
     ap.add_argument("--which", choices=("best", "last"), default="best", help="what --export writes")
     ap.add_argument("--checkpoint-minutes", type=float, default=4.0)
@@ -115,9 +120,12 @@ def atomic_save(obj: object, path: Path) -> None:
 class Run:
     """State of one pretraining run: model, EMA, optimiser, step and random streams."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, device: str = "cpu", workers: int = 0):
         self.cfg = cfg
+        self.device = torch.device(device)
         self.model = toymodel.build(model_config(cfg), seed=cfg["seed"])
+        self.model.unet.to(self.device)
+        self.model.text_encoder.to(self.device)
         self.model.text_encoder.requires_grad_(not cfg["freeze_text"])
         self.params = [p for m in (self.model.unet, self.model.text_encoder) for p in m.parameters()
                        if p.requires_grad]
@@ -129,7 +137,8 @@ class Run:
         self.train_seconds = 0.0
         self.best = -1.0
         ac = self.model.scheduler.alphas_cumprod
-        self.snr = ac / (1 - ac)
+        self.snr = (ac / (1 - ac)).to(self.device)
+        self.batches = Batches(self.batch_args, workers)
 
     def state(self) -> dict:
         return {
@@ -146,22 +155,28 @@ class Run:
         for e, s in zip(self.ema, st["ema"], strict=True):
             e.copy_(s)
         self.opt.load_state_dict(st["opt"])
-        self.gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
+        self.gen.set_state(st["gen"].cpu())
+        torch.set_rng_state(st["torch_rng"].cpu())
         np.random.set_state(st["numpy_rng"])
         random.setstate(st["python_rng"])
 
+    def batch_args(self, step: int) -> tuple:
+        """Arguments of `world.batch` for `step`."""
+        cfg = self.cfg
+        positions = FEW_POSITIONS if step < cfg["few_positions_until"] else None
+        return cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions
+
     def train_step(self) -> float:
         cfg, m = self.cfg, self.model
-        positions = FEW_POSITIONS if self.step < cfg["few_positions_until"] else None
-        images, captions, _ = world.batch(cfg["seed"], self.step, cfg["batch"], cfg["stage"], cfg["res"], positions)
-        x0 = torch.from_numpy(images)
+        images, captions = self.batches.get(self.step)
         drop = torch.rand(len(captions), generator=self.gen) < cfg["caption_dropout"]
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        noise = torch.randn(x0.shape, generator=self.gen)
+        # Random streams stay on the CPU generator, so a run draws the same numbers on every device.
+        noise = torch.randn(images.shape, generator=self.gen).to(self.device)
         u = torch.rand(len(captions), generator=self.gen)
         uniform = torch.rand(len(captions), generator=self.gen) < cfg["t_uniform"]
-        t = (999 * torch.where(uniform, u, u ** cfg["t_power"])).round().long()
+        t = (999 * torch.where(uniform, u, u ** cfg["t_power"])).round().long().to(self.device)
+        x0 = torch.from_numpy(images).to(self.device)
         xt = m.scheduler.add_noise(x0, noise, t)
         target = m.scheduler.get_velocity(x0, noise, t)
         pred = m.unet(xt, t, encoder_hidden_states=m.encode(captions)).sample
@@ -190,6 +205,31 @@ class Run:
         return m
 
 
+def _render_batch(args: tuple) -> tuple[np.ndarray, list[str]]:
+    images, captions, _ = world.batch(*args)
+    return images, captions
+
+
+class Batches:
+    """`world.batch` for successive steps, rendered ahead by worker processes (or here, with none)."""
+
+    def __init__(self, args_for: Callable[[int], tuple], workers: int):
+        self.args_for, self.workers = args_for, workers
+        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers else None
+        self.pending: dict[int, Future] = {}
+
+    def get(self, step: int) -> tuple[np.ndarray, list[str]]:
+        if self.pool is None:
+            return _render_batch(self.args_for(step))
+        for ahead in range(step, step + 2 * self.workers):
+            if ahead not in self.pending:
+                self.pending[ahead] = self.pool.submit(_render_batch, self.args_for(ahead))
+        images, captions = self.pending.pop(step).result()
+        # Pickling made the array contiguous; restore the channels-last memory of `world.batch`, since the
+        # layout changes the convolutions' rounding and a run must not depend on where its batches were drawn.
+        return np.ascontiguousarray(images.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), captions
+
+
 def eval_scenes(n: int, stage: int) -> list[world.Scene]:
     """The fixed evaluation prompts: n one-object scenes (plus n/2 two-object scenes from stage 2)."""
     rng = world.scene_rng(12345, 0)
@@ -207,7 +247,7 @@ def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int) ->
     """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts."""
     scenes = eval_scenes(n, stage)
     images = generate(m, [world.caption(s) for s in scenes], list(range(len(scenes))), steps=20, guidance=4.0)
-    return toyprobe.score(probe, images, scenes)
+    return toyprobe.score(probe, images.cpu(), scenes)
 
 
 def export(run_dir: Path, dest: Path, which: str) -> None:
@@ -218,7 +258,7 @@ def export(run_dir: Path, dest: Path, which: str) -> None:
             shutil.rmtree(dest)
         shutil.copytree(best, dest)
         return
-    st = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    st = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
     run = Run(st["cfg"])
     run.load_state(st)
     toymodel.save(run.ema_model(), dest)
@@ -235,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     log_path = out / "train_log.jsonl"
     stage_event = None
     if args.resume:
-        st = torch.load(ckpt, weights_only=False)
-        run = Run(st["cfg"])
+        st = torch.load(ckpt, weights_only=False, map_location=args.device)
+        run = Run(st["cfg"], args.device, args.workers)
         run.load_state(st)
         if args.stage is not None and args.stage != run.cfg["stage"]:
             run.cfg["stage"] = args.stage
@@ -255,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         cfg = {k: getattr(args, k) for k in RUN_KEYS} | {"stage": args.stage or 1}
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        run = Run(cfg)
+        run = Run(cfg, args.device, args.workers)
         log_path.write_text("")
     probe = toyprobe.load(res=run.cfg["res"]) if args.eval_every else None
 

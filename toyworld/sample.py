@@ -22,7 +22,7 @@ def sample(
     """Images in [-1, 1] from contexts `cond` and `uncond` (each batch x tokens x width, or uncond 1 x ...)."""
     context = torch.cat([uncond.expand_as(cond), cond]).to(unet.dtype)
     x = guided_ddim(lambda x2, t: unet(x2, t, encoder_hidden_states=context).sample, scheduler.config,
-                    noise.to(unet.dtype), steps, guidance)
+                    noise.to(unet.device, unet.dtype), steps, guidance)
     return x.float().clamp(-1, 1)
 
 
