@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from .comfy.graphs import fresh, render
 from .comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_path
 
 pytestmark = [
@@ -33,25 +34,6 @@ def server():
             yield s
         finally:
             s.stop()
-
-
-_counter = iter(range(10**6))
-
-
-def render(server: ComfyServer, **kwargs) -> str:
-    """Run a sampling graph (forced to execute) and return the hash of the saved PNG."""
-    from .comfy.graphs import sample_graph
-
-    graph = sample_graph(**kwargs)
-    graph["save"]["inputs"]["filename_prefix"] = f"t{next(_counter)}"  # a new output: the graph re-executes
-    entry = server.run(graph)
-    return hashlib.sha256(server.images(entry, "save")[0]).hexdigest()
-
-
-def fresh(server: ComfyServer, **kwargs) -> str:
-    """`render` after `/free`, so that every node and model is loaded anew."""
-    server.free()
-    return render(server, **kwargs)
 
 
 HUGSY = {"name": "hugsy.safetensors"}

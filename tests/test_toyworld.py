@@ -52,6 +52,20 @@ def test_caption_says_every_attribute():
         assert all(o.pattern == "plain" and o.inner_ring is None for o in s.objects)
 
 
+def test_colourless_captions_leave_out_only_colours_and_keep_the_images():
+    images, captions, scenes = world.batch(0, 0, 200, stage=2)
+    bare_images, bare, bare_scenes = world.batch(0, 0, 200, stage=2, colourless=0.3)
+    assert np.array_equal(images, bare_images) and scenes == bare_scenes
+    left_out = 0
+    for full, short, scene in zip(captions, bare, bare_scenes, strict=True):
+        for o in scene.objects:
+            if f"a {o.shape} {world.PLACES[o.position]}" in short:
+                left_out += 1
+                short = short.replace(f"a {o.shape} ", f"a {o.colour} {o.shape} ", 1)
+        assert short == full
+    assert 0.2 < left_out / sum(len(s.objects) for s in scenes) < 0.4
+
+
 def test_objects_are_drawn_where_the_caption_says():
     for pos, (px, py) in world.POSITIONS.items():
         img = world.render(world.Scene((world.Obj("square", "red", pos),), "black"), 16)

@@ -39,7 +39,7 @@ from toyworld.sample import generate
 RUN_KEYS = (
     "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
-    "text_attention_scale",
+    "text_attention_scale", "colourless",
 )
 FEW_POSITIONS = ("left", "right")
 
@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--caption-dropout", type=float, default=0.1)
+    ap.add_argument("--colourless", type=float, default=0.0,
+                    help="probability of leaving an object's colour out of its caption (a bare shape word)")
     ap.add_argument("--t-power", type=float, default=0.5, help="t = 999 u^p; p < 1 favours high noise")
     ap.add_argument("--t-uniform", type=float, default=0.3, help="fraction of timesteps drawn uniformly instead")
     ap.add_argument("--snr-weight", choices=("minsnr", "minsnr1", "none"), default="minsnr1",
@@ -164,7 +166,7 @@ class Run:
         """Arguments of `world.batch` for `step`."""
         cfg = self.cfg
         positions = FEW_POSITIONS if step < cfg["few_positions_until"] else None
-        return cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions
+        return cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions, cfg.get("colourless", 0.0)
 
     def train_step(self) -> float:
         cfg, m = self.cfg, self.model

@@ -207,13 +207,21 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def batch(
-    seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None
+    seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None,
+    colourless: float = 0.0,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes."""
+    """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes.
+
+    With `colourless` > 0, each object's colour is left out of the caption with that probability ("a heart on
+    the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does.
+    """
     rng = scene_rng(seed, index)
     scenes = [random_scene(rng, stage, positions or tuple(POSITIONS)) for _ in range(size)]
     images = np.stack([render(s, res) for s in scenes]).transpose(0, 3, 1, 2) * 2 - 1
-    return images.astype(np.float32), [caption(s) for s in scenes], scenes
+    if not colourless:  # no further draws: the stream stays that of runs before the option
+        return images.astype(np.float32), [caption(s) for s in scenes], scenes
+    captions = [caption(s, tuple(o.shape if rng.random() < colourless else None for o in s.objects)) for s in scenes]
+    return images.astype(np.float32), captions, scenes
 
 
 @dataclass(frozen=True)

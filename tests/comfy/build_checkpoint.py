@@ -1,7 +1,10 @@
-"""Build a random-weight SD1.5-shaped checkpoint and a kohya-style LoRA for it, with ComfyUI's own classes.
+"""Build random-weight test models with ComfyUI's own classes.
 
-Run with ComfyUI's interpreter from its folder: `python build_checkpoint.py OUT_DIR`. Writes
-`OUT_DIR/tiny-sd15.safetensors`, `OUT_DIR/tiny-lora-a.safetensors` and `OUT_DIR/tiny-lora-b.safetensors`.
+Run with ComfyUI's interpreter from its folder: `python build_checkpoint.py OUT_DIR` writes
+`OUT_DIR/tiny-sd15.safetensors` (a small SD1.5-shaped checkpoint), `OUT_DIR/tiny-lora-a.safetensors` and
+`OUT_DIR/tiny-lora-b.safetensors`; `python build_checkpoint.py OUT_DIR --sdxl` writes a full-size SDXL UNet
+(ComfyUI knows SDXL only by its real shapes: 2.6 B parameters, 5 GB in fp16), its two CLIP text encoders and a
+TAESD VAE, as separate files for UNETLoader, DualCLIPLoader and VAELoader.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ args.cpu = True  # before comfy.model_management is imported: no accelerator is 
 
 import comfy.ops  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
+import comfy.sdxl_clip  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
@@ -25,6 +29,27 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E4
 def attn2_widths(unet: torch.nn.Module) -> dict[str, int]:
     """Cross-attention layer name -> value width, for building test concepts outside ComfyUI."""
     return {name: m.to_v.weight.shape[0] for name, m in unet.named_modules() if name.endswith("attn2")}
+
+
+def randomize_unet(unet: torch.nn.Module) -> None:
+    """Fan-in scaled normal weights, small biases, unit norm scales (comfy ops leave weights uninitialised)."""
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            fan_in = p[0].numel() if p.ndim > 1 else 1
+            p.copy_(torch.randn_like(p) / fan_in**0.5 if p.ndim > 1 else torch.randn_like(p) * 0.02)
+            if name.endswith("norm.weight") or name.endswith("norm1.weight") or ".norm" in name and "weight" in name:
+                p.fill_(1.0)
+
+
+def randomize_clip(clip: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in clip.named_parameters():
+            if "layer_norm" in name or "final_layer_norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif p.ndim > 1:
+                p.copy_(torch.randn_like(p) * 0.02)
+            else:
+                p.zero_()
 
 
 def unet_state() -> dict[str, torch.Tensor]:
@@ -35,26 +60,14 @@ def unet_state() -> dict[str, torch.Tensor]:
         context_dim=768, use_linear_in_transformer=False, transformer_depth_output=[1, 1, 1, 1],
         transformer_depth_middle=1, operations=comfy.ops.disable_weight_init,
     )
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn_like(p) / fan_in**0.5 if p.ndim > 1 else torch.randn_like(p) * 0.02)
-            if name.endswith("norm.weight") or name.endswith("norm1.weight") or ".norm" in name and "weight" in name:
-                p.fill_(1.0)
+    randomize_unet(unet)
     LAYERS.update(attn2_widths(unet))
     return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
 
 
 def clip_state() -> dict[str, torch.Tensor]:
     clip = comfy.sd1_clip.SDClipModel(dtype=torch.float32)
-    with torch.no_grad():
-        for name, p in clip.named_parameters():
-            if "layer_norm" in name or "final_layer_norm" in name:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif p.ndim > 1:
-                p.copy_(torch.randn_like(p) * 0.02)
-            else:
-                p.zero_()
+    randomize_clip(clip)
     state = clip.transformer.state_dict()
     return {f"cond_stage_model.transformer.{k}": v for k, v in state.items()}
 
@@ -89,10 +102,35 @@ def lora_state(unet_keys: list[str], seed: int, rank: int = 4) -> dict[str, torc
     return out
 
 
+def write_sdxl(target: Path) -> None:
+    """The full-size SDXL UNet (fp16), CLIP-L and CLIP-G in Hugging Face layout, and a TAESD VAE."""
+    unet = UNetModel(
+        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+        channel_mult=[1, 2, 4], num_head_channels=64, use_spatial_transformer=True,
+        transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+        transformer_depth_middle=10, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
+        num_classes="sequential", legacy=False, dtype=torch.float16, operations=comfy.ops.disable_weight_init,
+    )
+    randomize_unet(unet)
+    (target / "sdxl.layers.json").write_text(json.dumps(attn2_widths(unet)))
+    save_file(unet.state_dict(), str(target / "sdxl-unet.safetensors.tmp"))
+    del unet
+    clip = comfy.sdxl_clip.SDXLClipModel(dtype=torch.float16)
+    randomize_clip(clip)
+    save_file(clip.clip_l.transformer.state_dict(), str(target / "sdxl-clip-l.safetensors"))
+    save_file(clip.clip_g.transformer.state_dict(), str(target / "sdxl-clip-g.safetensors"))
+    save_file({k.removeprefix("first_stage_model."): v for k, v in vae_state().items()},
+              str(target / "sdxl-taesd.safetensors"))
+    (target / "sdxl-unet.safetensors.tmp").rename(target / "sdxl-unet.safetensors")
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1])
     target.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
+    if "--sdxl" in sys.argv[2:]:
+        write_sdxl(target)
+        sys.exit()
     LAYERS: dict[str, int] = {}
     STATE = {**unet_state(), **clip_state(), **vae_state()}
     half = {k: v.half() if v.is_floating_point() else v for k, v in STATE.items()}

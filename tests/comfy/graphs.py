@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from itertools import count
 from pathlib import Path
 
 import torch
 
 from perfusion_core import Concept, save_concept
 
+from .server import ComfyServer
+
 CHECKPOINT = "tiny-sd15.safetensors"
+SDXL_FILES = {"diffusion_models": "sdxl-unet.safetensors", "text_encoders": ("sdxl-clip-l.safetensors",
+              "sdxl-clip-g.safetensors"), "vae": "sdxl-taesd.safetensors"}
 
 
 def test_concept(layers_json: Path, word: str, seed: int, family: str = "sd1", superclass: str = "teddy") -> Concept:
@@ -19,7 +25,8 @@ def test_concept(layers_json: Path, word: str, seed: int, family: str = "sd1", s
     d = {"sd1": 768, "sdxl": 2048}[family]
     i_star = torch.randn(d, generator=g)
     return Concept(
-        word=word, superclass=superclass, family=family, context_dim=d, text_encoder_layer="last",
+        word=word, superclass=superclass, family=family, context_dim=d,
+        text_encoder_layer="penultimate" if family == "sdxl" else "last",  # what each family's host reads
         i_star=i_star, v=i_star.clone(), i_super=torch.randn(d, generator=g),
         embeddings=[torch.randn(768, generator=g) * 0.02] + ([torch.randn(1280, generator=g) * 0.02] if d == 2048 else []),
         o_v={name: torch.randn(w, generator=g) for name, w in widths.items()},
@@ -34,10 +41,22 @@ def write_concept(folder: Path, name: str, concept: Concept) -> str:
 
 def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, steps: int = 4, size: int = 64,
                  loras: tuple[str, ...] = (), concepts: tuple[dict, ...] = (), apply_first: bool = False,
-                 negative: str = "", save: bool = True, checkpoint: str = CHECKPOINT) -> dict:
-    """Checkpoint → (LoRAs, Apply Perfusion nodes, in the order asked) → encode → KSampler → decode → save."""
-    g: dict[str, dict] = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
-    model, clip = ["ckpt", 0], ["ckpt", 1]
+                 negative: str = "", save: bool = True, checkpoint: str = CHECKPOINT, sdxl: bool = False) -> dict:
+    """Checkpoint (or, with `sdxl`, the SDXL UNet, CLIP pair and VAE files) → (LoRAs, Apply Perfusion nodes, in
+    the order asked) → encode → KSampler → decode → save."""
+    if sdxl:
+        g: dict[str, dict] = {
+            "unet": {"class_type": "UNETLoader",
+                     "inputs": {"unet_name": SDXL_FILES["diffusion_models"], "weight_dtype": "default"}},
+            "clip": {"class_type": "DualCLIPLoader", "inputs": {
+                "clip_name1": SDXL_FILES["text_encoders"][0], "clip_name2": SDXL_FILES["text_encoders"][1],
+                "type": "sdxl"}},
+            "vae": {"class_type": "VAELoader", "inputs": {"vae_name": SDXL_FILES["vae"]}},
+        }
+        model, clip, vae = ["unet", 0], ["clip", 0], ["vae", 0]
+    else:
+        g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
+        model, clip, vae = ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
 
     def add_loras():
         nonlocal model, clip
@@ -63,7 +82,7 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
     g["sample"] = {"class_type": "KSampler", "inputs": {
         "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
         "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
-    g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
+    g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": vae}}
     g["save"] = {"class_type": "SaveImage" if save else "PreviewImage",
                  "inputs": {"images": ["decode", 0], **({"filename_prefix": "test"} if save else {})}}
     return g
@@ -109,3 +128,20 @@ def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, sav
     g["loss"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": f"{name}-loss"}}
     g["previews"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 2], "filename_prefix": f"{name}-pv"}}
     return g
+
+
+_outputs = count()
+
+
+def render(server: ComfyServer, **kwargs) -> str:
+    """Run a sampling graph (forced to execute) and return the hash of the saved PNG."""
+    graph = sample_graph(**kwargs)
+    graph["save"]["inputs"]["filename_prefix"] = f"t{next(_outputs)}"  # a new output: the graph re-executes
+    entry = server.run(graph)
+    return hashlib.sha256(server.images(entry, "save")[0]).hexdigest()
+
+
+def fresh(server: ComfyServer, **kwargs) -> str:
+    """`render` after `/free`, so that every node and model is loaded anew."""
+    server.free()
+    return render(server, **kwargs)

@@ -36,13 +36,15 @@ def cache_dir() -> Path:
     return path
 
 
-def test_checkpoint() -> Path:
-    """The random-weight SD1.5-shaped checkpoint and its LoRAs (built once with ComfyUI's own classes)."""
+def test_checkpoint(sdxl: bool = False) -> Path:
+    """The folder of the random-weight SD1.5-shaped checkpoint and its LoRAs, or with `sdxl` also of the SDXL
+    files (built once with ComfyUI's own classes)."""
     target = cache_dir() / "models"
-    if not (target / "tiny-sd15.safetensors").is_file():
-        env = {**os.environ, "PYTHONPATH": str(comfyui_path())}
-        subprocess.run([comfyui_python(), str(Path(__file__).with_name("build_checkpoint.py")), str(target)],
-                       cwd=comfyui_path(), env=env, check=True, timeout=600)
+    for name, flags in (("tiny-sd15.safetensors", []), *((("sdxl-unet.safetensors", ["--sdxl"]),) if sdxl else ())):
+        if not (target / name).is_file():
+            env = {**os.environ, "PYTHONPATH": str(comfyui_path())}
+            subprocess.run([comfyui_python(), str(Path(__file__).with_name("build_checkpoint.py")), str(target),
+                            *flags], cwd=comfyui_path(), env=env, check=True, timeout=1200)
     return target
 
 
@@ -67,6 +69,7 @@ class ComfyServer:
     base: Path
     port: int = field(default_factory=free_port)
     threads: int = 1
+    sdxl: bool = False  # also link the full-size SDXL files (UNETLoader, DualCLIPLoader, VAELoader)
     process: subprocess.Popen | None = None
 
     @property
@@ -82,16 +85,21 @@ class ComfyServer:
         return self.base / "models" / "perfusion"
 
     def prepare(self) -> None:
-        for sub in ("custom_nodes", "models/checkpoints", "models/loras", "models/perfusion", "input", "output"):
+        from .graphs import SDXL_FILES
+
+        for sub in ("custom_nodes", "models/checkpoints", "models/loras", "models/perfusion", "input", "output",
+                    *(f"models/{folder}" for folder in SDXL_FILES)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         link = self.base / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
-        models = test_checkpoint()
-        for name in ("tiny-sd15.safetensors",):
-            _link(models / name, self.base / "models" / "checkpoints" / name)
-        for name in ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors"):
-            _link(models / name, self.base / "models" / "loras" / name)
+        models = test_checkpoint(self.sdxl)
+        files = {"checkpoints": ("tiny-sd15.safetensors",), "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors")}
+        if self.sdxl:
+            files |= {folder: (names,) if isinstance(names, str) else names for folder, names in SDXL_FILES.items()}
+        for folder, names in files.items():
+            for name in names:
+                _link(models / name, self.base / "models" / folder / name)
 
     def start(self, timeout: float = 120) -> ComfyServer:
         self.prepare()
