@@ -141,6 +141,12 @@ def test_sampling_is_seeded():
     assert a.shape == (2, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a[0], a[1])
 
 
+def test_evaluation_reads_bare_shape_prompts_too():
+    acc = pretrain.evaluate(toymodel.build(TINY), probe.load(), 4, stage=1, bare=True)
+    assert {"shape", "all", "bare_shape", "bare_position", "bare_background", "bare_all"} <= acc.keys()
+    assert all(0 <= v <= 1 for v in acc.values()) and acc["bare_all"] <= min(acc["bare_shape"], acc["bare_position"])
+
+
 def test_resume_is_exact(tmp_path):
     """A run split in two equals one run in one go, whose batches are rendered ahead by a worker process."""
     common = ["--channels", "8,16", "--batch", "4", "--eval-every", "0", "--warmup", "2", "--log-every", "1",

@@ -245,11 +245,22 @@ def eval_scenes(n: int, stage: int) -> list[world.Scene]:
     return scenes
 
 
-def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int) -> dict[str, float]:
-    """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts."""
+def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, bare: bool = False
+             ) -> dict[str, float]:
+    """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts; with `bare`,
+    also of the one-object prompts with the colour left out (`bare_*`: shape, position, background, all three)."""
     scenes = eval_scenes(n, stage)
     images = generate(m, [world.caption(s) for s in scenes], list(range(len(scenes))), steps=20, guidance=4.0)
-    return toyprobe.score(probe, images.cpu(), scenes)
+    acc = toyprobe.score(probe, images.cpu(), scenes)
+    if bare:
+        single = [s for s in scenes if len(s.objects) == 1]
+        images = generate(m, [world.caption(s, (s.objects[0].shape,)) for s in single], list(range(len(single))))
+        keys = ("shape", "position", "background")
+        hits = np.array([[r[k] == s.attributes()[k] for k in keys]
+                         for r, s in zip(toyprobe.read(probe, images.cpu()), single, strict=True)])
+        acc |= {f"bare_{k}": float(v) for k, v in zip(keys, hits.mean(0), strict=True)}
+        acc["bare_all"] = float(hits.all(1).mean())
+    return acc
 
 
 def export(run_dir: Path, dest: Path, which: str) -> None:
@@ -324,10 +335,10 @@ def main(argv: list[str] | None = None) -> None:
             losses = []
         if probe is not None and run.step % args.eval_every == 0:
             ema = run.ema_model()
-            acc = evaluate(ema, probe, args.eval_prompts, run.cfg["stage"])
+            acc = evaluate(ema, probe, args.eval_prompts, run.cfg["stage"], bare=run.cfg.get("colourless", 0) > 0)
             log({"step": run.step, "eval": acc, "train_seconds": round(run.train_seconds, 1)})
             print(f"step {run.step}: {acc}", flush=True)
-            score = acc["all"] + acc.get("pair", 0.0)
+            score = acc["all"] + acc.get("pair", 0.0) + acc.get("bare_all", 0.0)
             if score > run.best:
                 run.best = score
                 tmp = out / "best.tmp"
