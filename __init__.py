@@ -8,7 +8,13 @@ WEB_DIRECTORY = "./web"
 
 try:
     import comfy_api.latest  # noqa: F401
-except ImportError:  # not running inside ComfyUI
+except ImportError:  # not running inside ComfyUI, or in one older than the node API
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("comfy") is not None:
+        logging.getLogger(__name__).error("Perfusion: the nodes need ComfyUI 0.3.47 or newer (comfy_api.latest); "
+                                          "update ComfyUI to use them")
     __all__ = ["WEB_DIRECTORY"]
 else:
     from .nodes import comfy_entrypoint
