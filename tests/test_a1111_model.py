@@ -8,6 +8,10 @@ writes `OUT_DIR/NAME.safetensors` with `NAME.yaml` beside it (A1111 prefers that
 tokenizer folder, all without network access. Each `--concept FILE` (`WORD.safetensors`) also gets a
 random concept that fits the model. This module holds no tests; the acceptance tests import nothing from it.
 
+CONTEXT_DIM 2048 gives SDXL: `sd_xl_base.yaml` with a small UNet (context 2048, the pooled and size vectors of
+2816), a two-layer CLIP-L and the full OpenCLIP ViT-bigG-14 text tower (open_clip knows the architecture only
+by that name), random weights.
+
 Forge (run from its root: `backend/loader.py` is there) recognises a checkpoint only by its UNet's shape and
 builds the text encoder and VAE from the configs it ships, so there CONTEXT_DIM must be 768 (SD1) or 1024
 (SD2): the UNet is small (two levels, 320 channels), the text encoder and VAE are full size, all with
@@ -78,21 +82,41 @@ def write_config(path: Path, tokenizer: Path, context_dim: int) -> None:
     OmegaConf.save(config, path)
 
 
+def write_sdxl_config(path: Path, tokenizer: Path) -> None:
+    """`sd_xl_base.yaml` with a two-level 32-channel UNet, the tiny CLIP-L at `tokenizer` and a 32-channel VAE."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load("repositories/generative-models/configs/inference/sd_xl_base.yaml")
+    params = config.model.params
+    params.network_config.params.update(model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+                                        attention_resolutions=[1, 2], transformer_depth=[1, 1], num_head_channels=16,
+                                        spatial_transformer_attn_type="softmax")
+    params.conditioner_config.params.emb_models[0].params.update(version=str(tokenizer), layer_idx=1)
+    params.first_stage_config.params.ddconfig.update(ch=32, num_res_blocks=1, attn_type="vanilla")
+    OmegaConf.save(config, path)
+
+
 def build_model(path: Path, seed: int):
     """Instantiate the config at `path.yaml` with random weights (no all-zero tensor left) and save it."""
+    import open_clip
     import torch
-    from ldm.util import instantiate_from_config
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = OmegaConf.load(path.with_suffix(".yaml"))
+    if config.model.target.startswith("sgm."):
+        from sgm.util import instantiate_from_config
+    else:
+        from ldm.util import instantiate_from_config
     CLIPTextModel.from_pretrained = classmethod(lambda cls, name, *a, **k: cls(CLIPTextConfig.from_pretrained(name)))
+    create = open_clip.create_model_and_transforms
+    open_clip.create_model_and_transforms = lambda *a, pretrained=None, **k: create(*a, pretrained=None, **k)
     torch.manual_seed(seed)
     model = instantiate_from_config(config.model)
     state = {}
     for key, t in model.state_dict().items():
-        if key.startswith(("model.", "cond_stage_model.")) and t.is_floating_point() and not t.any():
+        if key.startswith(("model.", "cond_stage_model.", "conditioner.")) and t.is_floating_point() and not t.any():
             # zero-initialised output layers would give zero gradients, and zero layer-norm biases a
             # context of mean exactly 0, which A1111's emphasis normalisation divides by
             t = torch.randn(t.shape) * 0.02
@@ -105,7 +129,9 @@ SUPERCLASSES = ("toy", "dog")  # by seed: two concepts with one i* could not be 
 
 
 def write_concept(model, word: str, out: Path, seed: int) -> None:
-    """A random concept for `model` whose `i*` is its superclass's encoding in a short prompt."""
+    """A random concept for `model` whose `i*` is its superclass's encoding in a short prompt. For SDXL the
+    word's embeddings are the superclass's own, so the word's encoding is `i*` and its gate opens."""
+    import open_clip
     import torch
 
     from perfusion_core import Concept, cross_attention_layers, save_concept
@@ -114,19 +140,30 @@ def write_concept(model, word: str, out: Path, seed: int) -> None:
     layers = cross_attention_layers(model.model.diffusion_model)
     width = layers[0].context_dim
     g = torch.Generator().manual_seed(seed)
-    encoder = model.cond_stage_model
     superclass = SUPERCLASSES[(seed - 1) % len(SUPERCLASSES)]
+    prompt = f"a photo of a {superclass}"
     with torch.no_grad():
-        ids = encoder.tokenizer([f"a photo of a {superclass}"], padding="max_length", max_length=77,
-                                return_tensors="pt")
-        context = encoder.transformer(input_ids=ids.input_ids).last_hidden_state[0]
+        if hasattr(model, "conditioner"):  # SDXL: CLIP-L's configured layer beside OpenCLIP's penultimate
+            clip_l, clip_g = model.conditioner.embedders[:2]
+            clip_l.device = clip_g.device = "cpu"  # sgm's embedders default to CUDA
+            context = torch.cat([clip_l([prompt]), clip_g([prompt])[0]], dim=-1)[0]
+            token_l = clip_l.tokenizer(superclass, add_special_tokens=False).input_ids[0]
+            token_g = int(open_clip.tokenize([superclass])[0, 1])
+            embeddings = [clip_l.transformer.get_input_embeddings().weight[token_l].clone(),
+                          clip_g.model.token_embedding.weight[token_g].clone()]
+            encoder_layer = "penultimate"
+        else:
+            encoder = model.cond_stage_model
+            ids = encoder.tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt")
+            context = encoder.transformer(input_ids=ids.input_ids).last_hidden_state[0]
+            embeddings, encoder_layer = [torch.randn(width, generator=g) * 0.3], "last"
     i_star = context[5].double()  # the superclass (after <bos> a photo of a)
     c_inv = torch.linalg.inv((context.double().T @ context.double()) / context.shape[0]
                              + 1e-2 * torch.eye(width, dtype=torch.float64))
     concept = Concept(
         word=word, superclass=superclass, family=family_for_width(width), context_dim=width,
-        text_encoder_layer="last", i_star=i_star.float(), v=(c_inv @ i_star).float(),
-        i_super=i_star.float(), embeddings=[torch.randn(width, generator=g) * 0.3],
+        text_encoder_layer=encoder_layer, i_star=i_star.float(), v=(c_inv @ i_star).float(),
+        i_super=i_star.float(), embeddings=embeddings,
         o_v={layer.name: torch.randn(layer.v_dim, generator=g) * 3 for layer in layers},
         c_fingerprint="0" * 16, description=f"A random test concept for {out.stem}",
     )
@@ -185,10 +222,14 @@ def main(argv: list[str]) -> None:
         for seed, concept in enumerate(concepts, start=1):
             write_forge_concept(unet, text, tokenizer, concept.stem, concept, seed)
         return
-    sys.path.insert(0, "repositories/stable-diffusion-stability-ai")
+    sys.path[:0] = ["repositories/stable-diffusion-stability-ai", "repositories/generative-models"]
     tokenizer = out / f"{name}-tokenizer"
-    write_tokenizer(tokenizer, context_dim)
-    write_config(out / f"{name}.yaml", tokenizer, context_dim)
+    if context_dim == 2048:
+        write_tokenizer(tokenizer, 768)
+        write_sdxl_config(out / f"{name}.yaml", tokenizer)
+    else:
+        write_tokenizer(tokenizer, context_dim)
+        write_config(out / f"{name}.yaml", tokenizer, context_dim)
     model = build_model(out / name, seed)
     for seed, concept in enumerate(concepts, start=1):
         write_concept(model, concept.stem, concept, seed)
