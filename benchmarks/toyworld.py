@@ -16,7 +16,7 @@ Perfusion and trained-K sweep the gate bias β, LoRA and the fine-tune their wei
 trained concepts are then prompted together. Outputs go to `benchmarks/results/` (markdown table, Pareto
 plot, image grid, toyworld.json); the last line printed is the JSON.
 
-    python -m benchmarks.toyworld [--steps 400] [--threads 2] [--device cuda]
+    python -m benchmarks.toyworld [--steps 400] [--threads 2] [--device cuda] [--model FOLDER] [--out DIR]
 """
 
 from __future__ import annotations
@@ -382,13 +382,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", default="cpu", help="torch device for the model (the probe stays on the CPU)")
+    parser.add_argument("--model", type=Path, default=demo.MODEL, help="toy model folder (default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     started = time.monotonic()
-    host = DiffusersHost(demo.MODEL, captions=demo.world_captions(), cache_dir=work / "cache", guidance=4.0,
+    host = DiffusersHost(args.model, captions=demo.world_captions(), cache_dir=work / "cache", guidance=4.0,
                          device=args.device)
     scorer = Scorer()
     probe_scores, model_scores = probe_accuracy(scorer), model_accuracy(host, scorer)
