@@ -1,4 +1,4 @@
-"""Tiny random-weight SD1-architecture checkpoints for the AUTOMATIC1111 acceptance tests.
+"""Random-weight checkpoints and concepts for the AUTOMATIC1111 and Forge acceptance tests.
 
 Run with A1111's own interpreter, from its root, so `ldm` and `open_clip` import:
 
@@ -8,25 +8,39 @@ writes `OUT_DIR/NAME.safetensors` with `NAME.yaml` beside it (A1111 prefers that
 tokenizer folder, all without network access. Each `--concept FILE` (`WORD.safetensors`) also gets a
 random concept that fits the model. This module holds no tests; the acceptance tests import nothing from it.
 
-CONTEXT_DIM 2048 gives SDXL: `sd_xl_base.yaml` with a small UNet (context 2048, the pooled and size vectors of
-2816), a two-layer CLIP-L and the full OpenCLIP ViT-bigG-14 text tower (open_clip knows the architecture only
-by that name), random weights.
+In A1111 CONTEXT_DIM 2048 gives SDXL: `sd_xl_base.yaml` with a small UNet (context 2048, the pooled and size
+vectors of 2816), a two-layer CLIP-L and the full OpenCLIP ViT-bigG-14 text tower (open_clip knows the
+architecture only by that name), random weights; any other (64, 96) a tiny SD1-architecture model.
 
 Forge (run from its root: `backend/loader.py` is there) recognises a checkpoint only by its UNet's shape and
-builds the text encoder and VAE from the configs it ships, so there CONTEXT_DIM must be 768 (SD1) or 1024
-(SD2): the UNet is small (two levels, 320 channels), the text encoder and VAE are full size, all with
-Forge's own classes.
+builds the text encoders and VAE from the configs it ships, so there CONTEXT_DIM must be 768 (SD1), 1024 (SD2)
+or 2048 (SDXL), all with Forge's own classes and full-size text encoders and VAE. The SD1 and SD2 UNets are
+small (two levels, 320 channels); SDXL's is full size (2.6 B parameters, `SDXL_UNET`), built on the meta device
+and drawn tensor by tensor as the file is written (5 GB in fp16). `SDXL_UNET` and `random_unet_tensor` are
+also what tests/comfy/build_checkpoint.py builds ComfyUI's SDXL test UNet from.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 TEXT_WIDTH_HEADS = 2
+# the full-size SDXL UNet, as arguments of ComfyUI's UNetModel and of Forge's copy of it
+SDXL_UNET = {
+    "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+    "num_head_channels": 64, "use_spatial_transformer": True, "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10, "context_dim": 2048,
+    "use_linear_in_transformer": True, "adm_in_channels": 2816, "num_classes": "sequential",
+}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -128,40 +142,30 @@ def build_model(path: Path, seed: int):
 SUPERCLASSES = ("toy", "dog")  # by seed: two concepts with one i* could not be combined (singular projector)
 
 
-def write_concept(model, word: str, out: Path, seed: int) -> None:
-    """A random concept for `model` whose `i*` is its superclass's encoding in a short prompt. For SDXL the
-    word's embeddings are the superclass's own, so the word's encoding is `i*` and its gate opens."""
-    import open_clip
+def _superclass(seed: int) -> tuple[str, str]:
+    """The superclass of the concept with `seed`, and a prompt whose token 5 it is (after <bos> a photo of a)."""
+    superclass = SUPERCLASSES[(seed - 1) % len(SUPERCLASSES)]
+    return superclass, f"a photo of a {superclass}"
+
+
+def _save_concept(unet, word: str, out: Path, seed: int, context: torch.Tensor,
+                  embeddings: list[torch.Tensor] | None, encoder_layer: str) -> None:
+    """A concept for `unet` whose `i*` is token 5 of `context` (the superclass prompt's encoding), with random
+    value targets, and without `embeddings` a random word embedding."""
     import torch
 
     from perfusion_core import Concept, cross_attention_layers, save_concept
     from perfusion_core.concept import family_for_width
 
-    layers = cross_attention_layers(model.model.diffusion_model)
+    layers = cross_attention_layers(unet)
     width = layers[0].context_dim
     g = torch.Generator().manual_seed(seed)
-    superclass = SUPERCLASSES[(seed - 1) % len(SUPERCLASSES)]
-    prompt = f"a photo of a {superclass}"
-    with torch.no_grad():
-        if hasattr(model, "conditioner"):  # SDXL: CLIP-L's configured layer beside OpenCLIP's penultimate
-            clip_l, clip_g = model.conditioner.embedders[:2]
-            clip_l.device = clip_g.device = "cpu"  # sgm's embedders default to CUDA
-            context = torch.cat([clip_l([prompt]), clip_g([prompt])[0]], dim=-1)[0]
-            token_l = clip_l.tokenizer(superclass, add_special_tokens=False).input_ids[0]
-            token_g = int(open_clip.tokenize([superclass])[0, 1])
-            embeddings = [clip_l.transformer.get_input_embeddings().weight[token_l].clone(),
-                          clip_g.model.token_embedding.weight[token_g].clone()]
-            encoder_layer = "penultimate"
-        else:
-            encoder = model.cond_stage_model
-            ids = encoder.tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt")
-            context = encoder.transformer(input_ids=ids.input_ids).last_hidden_state[0]
-            embeddings, encoder_layer = [torch.randn(width, generator=g) * 0.3], "last"
-    i_star = context[5].double()  # the superclass (after <bos> a photo of a)
+    embeddings = embeddings or [torch.randn(width, generator=g) * 0.3]
+    i_star = context[5].double()
     c_inv = torch.linalg.inv((context.double().T @ context.double()) / context.shape[0]
                              + 1e-2 * torch.eye(width, dtype=torch.float64))
     concept = Concept(
-        word=word, superclass=superclass, family=family_for_width(width), context_dim=width,
+        word=word, superclass=_superclass(seed)[0], family=family_for_width(width), context_dim=width,
         text_encoder_layer=encoder_layer, i_star=i_star.float(), v=(c_inv @ i_star).float(),
         i_super=i_star.float(), embeddings=embeddings,
         o_v={layer.name: torch.randn(layer.v_dim, generator=g) * 3 for layer in layers},
@@ -170,44 +174,121 @@ def write_concept(model, word: str, out: Path, seed: int) -> None:
     save_concept(concept, out)
 
 
-FORGE_REPOS = {768: "runwayml/stable-diffusion-v1-5", 1024: "stabilityai/stable-diffusion-2-1"}
+def write_concept(model, word: str, out: Path, seed: int) -> None:
+    """A random concept for A1111's `model` whose `i*` is its superclass's encoding in a short prompt. For SDXL
+    the word's embeddings are the superclass's own, so the word's encoding is `i*` and its gate opens."""
+    import open_clip
+    import torch
+
+    if not hasattr(model, "conditioner"):
+        encoder = model.cond_stage_model
+        write_clip_concept(model.model.diffusion_model, [(encoder.transformer, encoder.tokenizer)], word, out, seed)
+        return
+    superclass, prompt = _superclass(seed)
+    with torch.no_grad():  # SDXL: CLIP-L's configured layer beside OpenCLIP's penultimate
+        clip_l, clip_g = model.conditioner.embedders[:2]
+        clip_l.device = clip_g.device = "cpu"  # sgm's embedders default to CUDA
+        context = torch.cat([clip_l([prompt]), clip_g([prompt])[0]], dim=-1)[0]
+        token_l = clip_l.tokenizer(superclass, add_special_tokens=False).input_ids[0]
+        token_g = int(open_clip.tokenize([superclass])[0, 1])
+        embeddings = [clip_l.transformer.get_input_embeddings().weight[token_l].clone(),
+                      clip_g.model.token_embedding.weight[token_g].clone()]
+    _save_concept(model.model.diffusion_model, word, out, seed, context, embeddings, "penultimate")
 
 
-def build_forge_model(path: Path, context_dim: int, seed: int):
-    """A checkpoint Forge detects as SD1 (context 768) or SD2 (1024); returns (unet, text model, tokenizer)."""
+def write_clip_concept(unet, encoders: list[tuple], word: str, out: Path, seed: int) -> None:
+    """As `write_concept`, for `unet` read by Hugging Face CLIP text models, given as (model, tokenizer) pairs:
+    one (SD1, SD2) gives the context of its last layer and a random word embedding; two (SDXL, as Forge reads
+    it) both penultimate layers and the superclass's embeddings."""
+    import torch
+
+    superclass, prompt = _superclass(seed)
+    xl = len(encoders) == 2
+    contexts, embeddings = [], []
+    with torch.no_grad():
+        for text, tokenizer in encoders:
+            ids = tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+            output = text(input_ids=ids, output_hidden_states=xl)
+            contexts.append((output.hidden_states[-2] if xl else output.last_hidden_state)[0])
+            token = tokenizer(superclass, add_special_tokens=False).input_ids[0]
+            embeddings.append(text.get_input_embeddings().weight[token].clone())
+    _save_concept(unet, word, out, seed, torch.cat(contexts, dim=-1), embeddings if xl else None,
+                  "penultimate" if xl else "last")
+
+
+def random_unet_tensor(name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """Tensor `name` of a random test UNet: fan-in scaled normal weights, small biases, unit norm scales."""
+    import torch
+
+    t = torch.randn(shape, dtype=dtype)
+    t = t / math.prod(shape[1:]) ** 0.5 if len(shape) > 1 else t * 0.02
+    if name.endswith(("norm.weight", "norm1.weight")) or ".norm" in name and "weight" in name:
+        t.fill_(1.0)
+    return t
+
+
+def save_half(path: Path, tensors: dict[str, torch.Tensor],
+              values: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+    """Write `tensors` (real or on the meta device) as fp16 safetensors, one at a time: `values(name, tensor)`
+    gives each one's values, so no more than one tensor is copied at once."""
+    header, offset = {}, 0
+    for name, t in tensors.items():
+        header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [offset, offset + 2 * t.numel()]}
+        offset += 2 * t.numel()
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for name, t in tensors.items():
+            value = values(name, t).half().contiguous()
+            assert value.shape == t.shape, name
+            f.write(value.numpy().tobytes())
+
+
+FORGE_REPOS = {768: "runwayml/stable-diffusion-v1-5", 1024: "stabilityai/stable-diffusion-2-1",
+               2048: "stabilityai/stable-diffusion-xl-base-1.0"}
+
+
+def build_forge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.nn.Module, list[tuple]]:
+    """A checkpoint Forge detects as SD1 (context 768), SD2 (1024) or SDXL (2048), in fp16. Returns its UNet (on
+    the meta device for SDXL) and its text encoders as (Hugging Face CLIP model, tokenizer) pairs, holding the
+    values written (fp16 values in fp32 tensors)."""
     import torch
     from backend.nn.unet import IntegratedUNet2DConditionModel
     from backend.nn.vae import IntegratedAutoencoderKL
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     repo = Path("backend/huggingface") / FORGE_REPOS[context_dim]
     sd2 = context_dim == 1024
     torch.manual_seed(seed)
-    unet = IntegratedUNet2DConditionModel(
-        in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
-        num_heads=-1 if sd2 else 8, num_head_channels=64 if sd2 else -1, use_spatial_transformer=True,
-        transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
-        context_dim=context_dim, use_linear_in_transformer=sd2)
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(repo / "text_encoder"))
+    if context_dim == 2048:  # shapes only: the values are drawn as the file is written
+        with torch.device("meta"):
+            unet = IntegratedUNet2DConditionModel(**SDXL_UNET)
+        texts = {"conditioner.embedders.0.transformer.": (CLIPTextModel, ""),
+                 "conditioner.embedders.1.model.transformer.": (CLIPTextModelWithProjection, "_2")}
+    else:
+        unet = IntegratedUNet2DConditionModel(
+            in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1, 1], channel_mult=[1, 2],
+            num_heads=-1 if sd2 else 8, num_head_channels=64 if sd2 else -1, use_spatial_transformer=True,
+            transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1,
+            context_dim=context_dim, use_linear_in_transformer=sd2)
+        texts = {f"cond_stage_model.{'model.' if sd2 else ''}transformer.": (CLIPTextModel, "")}
+    encoders = {prefix: (cls(CLIPTextConfig.from_pretrained(repo / f"text_encoder{n}")),
+                         CLIPTokenizer.from_pretrained(repo / f"tokenizer{n}")) for prefix, (cls, n) in texts.items()}
     vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(repo / "vae"))
     parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae),
-             ("cond_stage_model.model.transformer." if sd2 else "cond_stage_model.transformer.", text)]
-    state = {}
-    for prefix, module in parts:
-        for key, t in module.state_dict().items():
-            if module is not vae and t.is_floating_point() and not t.any():  # as in build_model
-                t = torch.randn(t.shape) * 0.02
-            state[prefix + key] = t.detach().half().contiguous()
-    save_file(state, path.with_suffix(".safetensors"))
-    return unet, text, CLIPTokenizer.from_pretrained(repo / "tokenizer")
+             *((prefix, text) for prefix, (text, _) in encoders.items())]
 
+    def values(key: str, t: torch.Tensor) -> torch.Tensor:
+        if t.is_meta:
+            return random_unet_tensor(key, t.shape, torch.float16)
+        if not key.startswith("first_stage_model.") and not t.any():  # as in build_model
+            t.normal_(0, 0.02)
+        return t.copy_(t.half())  # in place: the models returned hold what the file holds
 
-def write_forge_concept(unet, text, tokenizer, word: str, out: Path, seed: int) -> None:
-    """As `write_concept`, for a model from `build_forge_model`."""
-    model = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet),
-                            cond_stage_model=SimpleNamespace(tokenizer=tokenizer, transformer=text))
-    write_concept(model, word, out, seed)
+    save_half(path.with_suffix(".safetensors"),
+              {prefix + key: t for prefix, module in parts for key, t in module.state_dict().items()}, values)
+    return unet, list(encoders.values())
 
 
 def main(argv: list[str]) -> None:
@@ -218,9 +299,9 @@ def main(argv: list[str]) -> None:
         sys.path[:0] = [".", "packages_3rdparty"]
         sys.argv[1:] = ["--always-cpu"]  # Forge's backend reads its flags when imported
         out.mkdir(parents=True, exist_ok=True)
-        unet, text, tokenizer = build_forge_model(out / name, context_dim, seed)
+        unet, encoders = build_forge_model(out / name, context_dim, seed)
         for seed, concept in enumerate(concepts, start=1):
-            write_forge_concept(unet, text, tokenizer, concept.stem, concept, seed)
+            write_clip_concept(unet, encoders, concept.stem, concept, seed)
         return
     sys.path[:0] = ["repositories/stable-diffusion-stability-ai", "repositories/generative-models"]
     tokenizer = out / f"{name}-tokenizer"

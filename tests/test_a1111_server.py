@@ -1,6 +1,6 @@
 """Acceptance: this repository as an extension of a real AUTOMATIC1111 (`A1111_PATH`, its interpreter in
 `A1111_PYTHON`, default `$A1111_PATH/venv/bin/python`) and, with `FORGE_PATH` / `FORGE_PYTHON`, of Forge or
-reForge: the web UI started offline on CPU in API mode with tiny random-weight SD1-architecture checkpoints
+reForge: the web UI started offline on CPU in API mode with random-weight SD1-architecture and SDXL checkpoints
 that these tests build. Each test runs once per web UI. See tests/README.md, "AUTOMATIC1111"."""
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     host = _host(request.param)
-    # Forge's own backend knows a checkpoint only as SD1, SD2, ...: its test models are SD1 and SD2 shaped
+    # Forge's own backend knows a checkpoint only by its UNet's shapes: SD1- and SD2-shaped test models there
     forge_backend = Path(host[0], "backend", "loader.py").is_file()
     (width, wide), channels = ((768, 1024), 320) if forge_backend else ((64, 96), 32)
     root = tmp_path_factory.mktemp(request.param.lower())
@@ -124,8 +124,7 @@ def server(request, tmp_path_factory):
     _build(host, root, "tiny", width, 0, concepts=("hugsy", "teddo"))
     _build(host, root, "tiny2", width, 1)
     _build(host, root, "wide", wide, 2)
-    if not forge_backend:  # Forge's own backend would want a full-size SDXL UNet
-        _build(host, root, "xl", 2048, 3, concepts=("xlsy",))
+    _build(host, root, "xl", 2048, 3, concepts=("xlsy",))  # there with a full-size UNet
     _write_lora(root / "models" / "Lora" / "testlora.safetensors", width, channels)
     (root / "extensions").mkdir()
     (root / "extensions" / "perfusion").symlink_to(REPO)
@@ -133,12 +132,13 @@ def server(request, tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PERFUSION_CACHE": str(root / "cache")}
     log = open(root / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
+    # Forge on CPU holds UNets in fp32 (the full-size SDXL one: 10 GB, 18 GB while loading): keep fp16 weights
     process = subprocess.Popen(
         [host[1], "launch.py", "--skip-prepare-environment", "--nowebui", "--api", "--server-name",
          "127.0.0.1", "--port", str(port), "--data-dir", str(root), "--ckpt",
          str(root / "models" / "Stable-diffusion" / "tiny.safetensors"), "--no-half", "--use-cpu", "all",
          "--skip-torch-cuda-test", "--no-download-sd-model", "--skip-version-check",
-         *(["--always-cpu"] if forge_backend else [])],
+         *(["--always-cpu", "--unet-in-fp16"] if forge_backend else [])],
         cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend)
@@ -158,6 +158,8 @@ def server(request, tmp_path_factory):
         process.terminate()
         process.wait(timeout=60)
         log.close()
+        for checkpoint in (root / "models" / "Stable-diffusion").glob("*.safetensors"):
+            checkpoint.unlink()  # up to 7 GB each; pytest keeps the last runs' folders (server.log stays)
 
 
 @pytest.fixture(scope="module")
@@ -295,10 +297,8 @@ def test_model_switch_keeps_working_and_another_base_is_refused(server):
 
 
 def test_sdxl_concept_in_both_text_encoders_changes_the_image_and_leaves_no_trace(server):
-    """A small SDXL (`sd_xl_base.yaml`, full OpenCLIP bigG text tower): the word reaches CLIP-L and CLIP-G, the
-    hooks cover every cross-attention layer, and nothing stays behind."""
-    if server.forge:
-        pytest.skip("Forge's own backend recognises SDXL only by a full-size UNet; not built for these tests")
+    """An SDXL model (A1111: `sd_xl_base.yaml` with a small UNet and the full OpenCLIP bigG text tower; Forge: full
+    size): the word reaches CLIP-L and CLIP-G, the patch covers every cross-attention layer, nothing stays behind."""
     before = server.generate("a photo of xlsy", model="xl")["images"][0]
     applied = server.generate("<perfusion:xlsy:0.7> a photo of xlsy", model="xl")
     assert applied["images"][0] != before and 'Perfusion: "xlsy:0.70:0.15"' in applied["infotext"]

@@ -4,7 +4,8 @@ Run with ComfyUI's interpreter from its folder: `python build_checkpoint.py OUT_
 `OUT_DIR/tiny-sd15.safetensors` (a small SD1.5-shaped checkpoint), `OUT_DIR/tiny-lora-a.safetensors` and
 `OUT_DIR/tiny-lora-b.safetensors`; `python build_checkpoint.py OUT_DIR --sdxl` writes a full-size SDXL UNet
 (ComfyUI knows SDXL only by its real shapes: 2.6 B parameters, 5 GB in fp16), its two CLIP text encoders and a
-TAESD VAE, as separate files for UNETLoader, DualCLIPLoader and VAELoader.
+TAESD VAE, as separate files for UNETLoader, DualCLIPLoader and VAELoader. The SDXL UNet's arguments and the
+random UNet weights are shared with the Forge builder (tests/test_a1111_model.py).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from comfy.cli_args import args
 from safetensors.torch import save_file
 
 args.cpu = True  # before comfy.model_management is imported: no accelerator is probed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for what Forge's builder shares
 
 import comfy.ops  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
 import comfy.sdxl_clip  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+from test_a1111_model import SDXL_UNET, random_unet_tensor  # noqa: E402
 
 
 def attn2_widths(unet: torch.nn.Module) -> dict[str, int]:
@@ -32,13 +35,10 @@ def attn2_widths(unet: torch.nn.Module) -> dict[str, int]:
 
 
 def randomize_unet(unet: torch.nn.Module) -> None:
-    """Fan-in scaled normal weights, small biases, unit norm scales (comfy ops leave weights uninitialised)."""
+    """Random weights in place (comfy ops leave them uninitialised)."""
     with torch.no_grad():
         for name, p in unet.named_parameters():
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn_like(p) / fan_in**0.5 if p.ndim > 1 else torch.randn_like(p) * 0.02)
-            if name.endswith("norm.weight") or name.endswith("norm1.weight") or ".norm" in name and "weight" in name:
-                p.fill_(1.0)
+            p.copy_(random_unet_tensor(name, p.shape, p.dtype))
 
 
 def randomize_clip(clip: torch.nn.Module) -> None:
@@ -104,13 +104,8 @@ def lora_state(unet_keys: list[str], seed: int, rank: int = 4) -> dict[str, torc
 
 def write_sdxl(target: Path) -> None:
     """The full-size SDXL UNet (fp16), CLIP-L and CLIP-G in Hugging Face layout, and a TAESD VAE."""
-    unet = UNetModel(
-        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-        channel_mult=[1, 2, 4], num_head_channels=64, use_spatial_transformer=True,
-        transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
-        transformer_depth_middle=10, context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
-        num_classes="sequential", legacy=False, dtype=torch.float16, operations=comfy.ops.disable_weight_init,
-    )
+    unet = UNetModel(image_size=32, **SDXL_UNET, legacy=False, dtype=torch.float16,
+                     operations=comfy.ops.disable_weight_init)
     randomize_unet(unet)
     (target / "sdxl.layers.json").write_text(json.dumps(attn2_widths(unet)))
     save_file(unet.state_dict(), str(target / "sdxl-unet.safetensors.tmp"))
