@@ -7,7 +7,7 @@ from contextlib import closing, contextmanager
 
 import numpy as np
 import torch
-from modules import devices, processing, sd_hijack_checkpoint
+from modules import devices, processing, scripts, sd_hijack_checkpoint
 from torch import Tensor
 
 from perfusion_core import PerfusionError, TrainingError, cross_attention_layers
@@ -109,8 +109,9 @@ class A1111Host:
         x = (images * 2 - 1).to(devices.device, devices.dtype_vae)
         with devices.autocast():
             posterior = self.sd_model.encode_first_stage(x)
-        latents = posterior.mode() if hasattr(posterior, "mode") else posterior
-        return self.sd_model.get_first_stage_encoding(latents).float()
+        # A1111's SD1/SD2 VAE gives a distribution; reForge's (and sgm's) a latent tensor, whose `mode` is torch's
+        latents = posterior if isinstance(posterior, Tensor) else posterior.mode()
+        return self.sd_model.get_first_stage_encoding(latents).float().clone()  # reForge: an inference tensor
 
     def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         with devices.autocast():
@@ -143,6 +144,7 @@ class A1111Host:
                 do_not_reload_embeddings=True,
             )
             p.disable_extra_networks = True  # the trainer's patch is already installed
+            p.scripts, p.script_args = scripts.ScriptRunner(), []  # none run; reForge reads p.scripts unguarded
             with closing(p):
                 image = processing.process_images(p).images[0]
             images.append(torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255)

@@ -87,7 +87,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
                 backend.check_embeddings(r.concept, sd_model)
                 if r.request.lock == "global" and backend.is_forge(sd_model):
                     raise PerfusionError(
-                        f"<{TAG}:{r.request.name}:...:lock=global> is not available in Forge yet: "
+                        f"<{TAG}:{r.request.name}:...:lock=global> is not available in Forge or reForge yet: "
                         "leave lock out (local key-locking)"
                     )
         return resolved

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from modules import sd_hijack, shared
+from modules import sd_hijack, sd_models, shared
 
 from perfusion_core import TrainingError
 from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
@@ -87,6 +87,18 @@ def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
     sd_model = shared.sd_model
     if sd_model is None:
         raise TrainingError("no model is loaded: load a checkpoint first")
+    if getattr(sd_model, "cond_stage_model", None) is not None:  # A1111, reForge (Forge refuses training)
+        # the previews' txt2img loads the checkpoint the settings name (an API call's override_settings leave
+        # another loaded): load it now, or reForge tears down the model being trained at the first preview
+        sd_models.reload_model_weights()
+        sd_model = shared.sd_model
+    if backend.is_forge(sd_model) and getattr(sd_model, "cond_stage_model", None) is not None:  # reForge
+        # reForge: the last generation's UNet clone stays loaded, a Perfusion or LoRA patch applied, until another
+        # clone is loaded; training calls the UNet directly, so load the unpatched one first
+        from ldm_patched.modules import model_management
+
+        sd_model.forge_objects = sd_model.forge_objects_original.shallow_copy()
+        model_management.load_models_gpu([sd_model.forge_objects.unet])
     host = A1111Host(sd_model, request.resolution, request.preview_steps)
     images, masks = load_image_folder(request.images, request.resolution)
     data = TrainingData(images, masks)
@@ -94,7 +106,8 @@ def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
     reporter = _Reporter(out)
     shared.state.job = "perfusion-train"
     shared.state.job_count = request.steps
-    keep_optimizations = shared.opts.training_xattention_optimizations
+    # reForge has no module-level undo/apply_optimizations (its UNet is ldm_patched's, not hijacked)
+    keep_optimizations = shared.opts.training_xattention_optimizations or not hasattr(sd_hijack, "undo_optimizations")
     if not keep_optimizations:
         sd_hijack.undo_optimizations()
     try:

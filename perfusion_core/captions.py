@@ -15,13 +15,14 @@ _HINT = "give a UTF-8 text file (.txt or .txt.gz) with one caption per line"
 
 
 def load_captions(path: str | os.PathLike | None = None) -> list[str]:
-    """Captions from `path` (default: the shipped corpus), one per line.
+    """Captions from `path` (default: the file `$PERFUSION_CAPTIONS` names, else the shipped corpus), one per
+    line.
 
     Plain text or gzip (recognised by content, whatever the name). Lines are stripped; empty lines and
     lines starting with `#` are skipped. Raises `PerfusionError` for a missing, unreadable, corrupt or
     empty file.
     """
-    path = Path(DEFAULT_CAPTIONS if path is None else path)
+    path = Path(path if path is not None else os.environ.get("PERFUSION_CAPTIONS") or DEFAULT_CAPTIONS)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -18,6 +18,10 @@ or 2048 (SDXL), all with Forge's own classes and full-size text encoders and VAE
 small (two levels, 320 channels); SDXL's is full size (2.6 B parameters, `SDXL_UNET`), built on the meta device
 and drawn tensor by tensor as the file is written (5 GB in fp16). `SDXL_UNET` and `random_unet_tensor` are
 also what tests/comfy/build_checkpoint.py builds ComfyUI's SDXL test UNet from.
+
+reForge (`ldm_patched/` in its root) also detects a checkpoint by its UNet's shape: there CONTEXT_DIM is 768 or
+1024, and the small UNet comes from A1111's config, written beside the checkpoint, with full-size text encoder and
+VAE (`build_reforge_model`).
 """
 
 from __future__ import annotations
@@ -291,6 +295,51 @@ def build_forge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.nn
     return unet, list(encoders.values())
 
 
+REFORGE = {  # context width -> (A1111 config written beside the checkpoint, reForge's Hugging Face text config)
+    768: ("configs/v1-inference.yaml", "ldm_patched/modules/sd1_clip_config.json"),
+    1024: ("repositories/stable-diffusion-stability-ai/configs/stable-diffusion/v2-inference.yaml",
+           "ldm_patched/modules/text_encoders/sd2_clip_config.json"),
+}
+
+
+def build_reforge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.nn.Module, list[tuple]]:
+    """A checkpoint reForge detects as SD1 (context 768) or SD2 (1024), in fp16, with its A1111 config beside it.
+
+    reForge loads weights with its `ldm_patched` (ComfyUI's model detection: it knows a checkpoint only by its
+    UNet's shape, and builds a full-size text encoder and VAE) and takes the model's structure from the A1111
+    config, guessed from open_clip key names or read from `NAME.yaml`: a small UNet (two levels, 320 channels),
+    a full-size Hugging Face CLIP text model and a full-size VAE."""
+    import shutil
+
+    import torch
+    from ldm.util import instantiate_from_config
+    from omegaconf import OmegaConf
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    config_file, text_config = REFORGE[context_dim]
+    shutil.copyfile(config_file, path.with_suffix(".yaml"))
+    params = OmegaConf.load(config_file).model.params
+    params.unet_config.params.update(model_channels=320, channel_mult=[1, 2], num_res_blocks=1,
+                                     attention_resolutions=[1, 2], use_checkpoint=False)
+    torch.manual_seed(seed)
+    unet = instantiate_from_config(params.unet_config)
+    vae = instantiate_from_config(params.first_stage_config)
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(text_config))
+    tokenizer = CLIPTokenizer.from_pretrained("ldm_patched/modules/sd1_tokenizer")
+    prefix = "cond_stage_model.model.transformer." if context_dim == 1024 else "cond_stage_model.transformer."
+    parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae), (prefix, text)]
+
+    def values(key: str, t: torch.Tensor) -> torch.Tensor:
+        if not key.startswith("first_stage_model.") and not t.any():  # as in build_model
+            t.normal_(0, 0.02)
+        return t.copy_(t.half())  # in place: the models returned hold what the file holds
+
+    save_half(path.with_suffix(".safetensors"),
+              {prefix + key: t for prefix, module in parts for key, t in module.state_dict().items()
+               if t.is_floating_point()}, values)
+    return unet, [(text, tokenizer)]
+
+
 def main(argv: list[str]) -> None:
     out, name, context_dim, seed = Path(argv[0]).resolve(), argv[1], int(argv[2]), int(argv[3])
     sys.path.append(str(Path(__file__).resolve().parents[1]))  # perfusion_core, for --concept
@@ -304,6 +353,12 @@ def main(argv: list[str]) -> None:
             write_clip_concept(unet, encoders, concept.stem, concept, seed)
         return
     sys.path[:0] = ["repositories/stable-diffusion-stability-ai", "repositories/generative-models"]
+    if Path("ldm_patched").is_dir():  # reForge
+        out.mkdir(parents=True, exist_ok=True)
+        unet, encoders = build_reforge_model(out / name, context_dim, seed)
+        for seed, concept in enumerate(concepts, start=1):
+            write_clip_concept(unet, encoders, concept.stem, concept, seed)
+        return
     tokenizer = out / f"{name}-tokenizer"
     if context_dim == 2048:
         write_tokenizer(tokenizer, 768)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def shipped() -> list[str]:
-    return load_captions()
+    return load_captions(DEFAULT_CAPTIONS)
 
 
 def test_shipped_corpus_is_large_and_varied(shipped):
@@ -27,8 +27,12 @@ def test_shipped_corpus_is_large_and_varied(shipped):
     assert len(vocab) >= 3_000
 
 
-def test_default_path_is_the_shipped_file(shipped):
-    assert DEFAULT_CAPTIONS.is_file()
+def test_default_is_the_shipped_file_unless_the_environment_names_one(shipped, tmp_path, monkeypatch):
+    monkeypatch.delenv("PERFUSION_CAPTIONS", raising=False)
+    assert load_captions() == shipped
+    (tmp_path / "mine.txt").write_text("a photo of a cat\n")
+    monkeypatch.setenv("PERFUSION_CAPTIONS", str(tmp_path / "mine.txt"))
+    assert load_captions() == ["a photo of a cat"]
     assert load_captions(DEFAULT_CAPTIONS) == shipped
 
 
