@@ -170,7 +170,7 @@ def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, st
     """Train all five methods for one concept on `data`."""
     clock = train_clock(host)
     concept, word = world.CONCEPTS[concept_name], WORDS[concept_name]
-    recipe = baselines.Recipe(steps=steps)
+    recipe = baselines.Recipe(steps=steps, lr_embedding=demo.LR_EMBEDDING)
     methods = []
     for name, lock in (("perfusion", True), ("trained_k", False)):
         started = clock()
