@@ -17,6 +17,11 @@ def is_forge(sd_model) -> bool:
     return hasattr(sd_model, "forge_objects")
 
 
+def has_cond_stage_model(sd_model) -> bool:
+    """A1111 and reForge keep a `cond_stage_model` (the text encoder training drives); Forge has none."""
+    return getattr(sd_model, "cond_stage_model", None) is not None
+
+
 def unet_of(sd_model) -> nn.Module:
     """The diffusion model whose `attn2.to_k`/`to_v` receive the context."""
     if is_forge(sd_model):

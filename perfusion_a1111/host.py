@@ -32,7 +32,7 @@ class A1111Host:
     """Text encoding, VAE, UNet and previews of `sd_model` as the host's own code runs them."""
 
     def __init__(self, sd_model, resolution: int, preview_steps: int = 20, cfg_scale: float = 7.0) -> None:
-        if backend.is_forge(sd_model) and getattr(sd_model, "cond_stage_model", None) is None:  # Forge: None
+        if backend.is_forge(sd_model) and not backend.has_cond_stage_model(sd_model):  # Forge
             raise PerfusionError("training in Forge is not supported: train in AUTOMATIC1111 or reForge")
         if getattr(sd_model, "is_sdxl", False):
             raise PerfusionError(

@@ -87,18 +87,18 @@ def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
     sd_model = shared.sd_model
     if sd_model is None:
         raise TrainingError("no model is loaded: load a checkpoint first")
-    if getattr(sd_model, "cond_stage_model", None) is not None:  # A1111, reForge (Forge refuses training)
+    if backend.has_cond_stage_model(sd_model):  # A1111, reForge (A1111Host refuses Forge)
         # the previews' txt2img loads the checkpoint the settings name (an API call's override_settings leave
         # another loaded): load it now, or reForge tears down the model being trained at the first preview
         sd_models.reload_model_weights()
         sd_model = shared.sd_model
-    if backend.is_forge(sd_model) and getattr(sd_model, "cond_stage_model", None) is not None:  # reForge
-        # reForge: the last generation's UNet clone stays loaded, a Perfusion or LoRA patch applied, until another
-        # clone is loaded; training calls the UNet directly, so load the unpatched one first
-        from ldm_patched.modules import model_management
+        if backend.is_forge(sd_model):  # reForge
+            # the last generation's UNet clone stays loaded, a Perfusion or LoRA patch applied, until another clone
+            # is loaded; training calls the UNet directly, so load the unpatched one first
+            from ldm_patched.modules import model_management
 
-        sd_model.forge_objects = sd_model.forge_objects_original.shallow_copy()
-        model_management.load_models_gpu([sd_model.forge_objects.unet])
+            sd_model.forge_objects = sd_model.forge_objects_original.shallow_copy()
+            model_management.load_models_gpu([sd_model.forge_objects.unet])
     host = A1111Host(sd_model, request.resolution, request.preview_steps)
     images, masks = load_image_folder(request.images, request.resolution)
     data = TrainingData(images, masks)
