@@ -30,7 +30,6 @@ import gzip
 import json
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -231,10 +230,23 @@ def random_unet_tensor(name: str, shape: torch.Size, dtype: torch.dtype) -> torc
     return t
 
 
-def save_half(path: Path, tensors: dict[str, torch.Tensor],
-              values: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
-    """Write `tensors` (real or on the meta device) as fp16 safetensors, one at a time: `values(name, tensor)`
-    gives each one's values, so no more than one tensor is copied at once."""
+def _stored(key: str, t: torch.Tensor) -> torch.Tensor:
+    """The fp16 value a test checkpoint holds for tensor `key`: a random UNet's where `t` is on the meta device;
+    otherwise `t` itself, rounded in place (so the models built hold what the file holds), with all-zero tensors
+    outside the VAE made small and random first, as in `build_model`."""
+    import torch
+
+    if t.is_meta:
+        return random_unet_tensor(key, t.shape, torch.float16)
+    if not key.startswith("first_stage_model.") and not t.any():
+        t.normal_(0, 0.02)
+    return t.copy_(t.half())
+
+
+def save_checkpoint(path: Path, parts: list[tuple[str, torch.nn.Module]]) -> None:
+    """Write the modules of `parts` (key prefix, module; real or on the meta device) as one fp16 safetensors file,
+    one tensor at a time (`_stored`), so no more than one tensor is copied at once."""
+    tensors = {prefix + key: t for prefix, module in parts for key, t in module.state_dict().items()}
     header, offset = {}, 0
     for name, t in tensors.items():
         header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [offset, offset + 2 * t.numel()]}
@@ -244,7 +256,7 @@ def save_half(path: Path, tensors: dict[str, torch.Tensor],
     with open(path, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         for name, t in tensors.items():
-            value = values(name, t).half().contiguous()
+            value = _stored(name, t).half().contiguous()
             assert value.shape == t.shape, name
             f.write(value.numpy().tobytes())
 
@@ -282,16 +294,7 @@ def build_forge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.nn
     vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(repo / "vae"))
     parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae),
              *((prefix, text) for prefix, (text, _) in encoders.items())]
-
-    def values(key: str, t: torch.Tensor) -> torch.Tensor:
-        if t.is_meta:
-            return random_unet_tensor(key, t.shape, torch.float16)
-        if not key.startswith("first_stage_model.") and not t.any():  # as in build_model
-            t.normal_(0, 0.02)
-        return t.copy_(t.half())  # in place: the models returned hold what the file holds
-
-    save_half(path.with_suffix(".safetensors"),
-              {prefix + key: t for prefix, module in parts for key, t in module.state_dict().items()}, values)
+    save_checkpoint(path.with_suffix(".safetensors"), parts)
     return unet, list(encoders.values())
 
 
@@ -328,15 +331,7 @@ def build_reforge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.
     tokenizer = CLIPTokenizer.from_pretrained("ldm_patched/modules/sd1_tokenizer")
     prefix = "cond_stage_model.model.transformer." if context_dim == 1024 else "cond_stage_model.transformer."
     parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae), (prefix, text)]
-
-    def values(key: str, t: torch.Tensor) -> torch.Tensor:
-        if not key.startswith("first_stage_model.") and not t.any():  # as in build_model
-            t.normal_(0, 0.02)
-        return t.copy_(t.half())  # in place: the models returned hold what the file holds
-
-    save_half(path.with_suffix(".safetensors"),
-              {prefix + key: t for prefix, module in parts for key, t in module.state_dict().items()
-               if t.is_floating_point()}, values)
+    save_checkpoint(path.with_suffix(".safetensors"), parts)
     return unet, [(text, tokenizer)]
 
 
@@ -347,15 +342,13 @@ def main(argv: list[str]) -> None:
     if Path("backend/loader.py").is_file():  # Forge
         sys.path[:0] = [".", "packages_3rdparty"]
         sys.argv[1:] = ["--always-cpu"]  # Forge's backend reads its flags when imported
+        build = build_forge_model
+    else:
+        sys.path[:0] = ["repositories/stable-diffusion-stability-ai", "repositories/generative-models"]
+        build = build_reforge_model if Path("ldm_patched").is_dir() else None
+    if build is not None:  # Forge, reForge: models of Hugging Face CLIP text encoders
         out.mkdir(parents=True, exist_ok=True)
-        unet, encoders = build_forge_model(out / name, context_dim, seed)
-        for seed, concept in enumerate(concepts, start=1):
-            write_clip_concept(unet, encoders, concept.stem, concept, seed)
-        return
-    sys.path[:0] = ["repositories/stable-diffusion-stability-ai", "repositories/generative-models"]
-    if Path("ldm_patched").is_dir():  # reForge
-        out.mkdir(parents=True, exist_ok=True)
-        unet, encoders = build_reforge_model(out / name, context_dim, seed)
+        unet, encoders = build(out / name, context_dim, seed)
         for seed, concept in enumerate(concepts, start=1):
             write_clip_concept(unet, encoders, concept.stem, concept, seed)
         return

@@ -14,8 +14,8 @@ from perfusion_core import Concept, save_concept
 from .server import ComfyServer
 
 CHECKPOINT = "tiny-sd15.safetensors"
-SDXL_FILES = {"diffusion_models": "sdxl-unet.safetensors", "text_encoders": ("sdxl-clip-l.safetensors",
-              "sdxl-clip-g.safetensors"), "vae": "sdxl-taesd.safetensors"}
+SDXL_FILES = {"diffusion_models": ("sdxl-unet.safetensors",), "vae": ("sdxl-taesd.safetensors",),
+              "text_encoders": ("sdxl-clip-l.safetensors", "sdxl-clip-g.safetensors")}  # models/ folder: files
 
 
 def test_concept(layers_json: Path, word: str, seed: int, family: str = "sd1", superclass: str = "teddy") -> Concept:
@@ -47,11 +47,11 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
     if sdxl:
         g: dict[str, dict] = {
             "unet": {"class_type": "UNETLoader",
-                     "inputs": {"unet_name": SDXL_FILES["diffusion_models"], "weight_dtype": "default"}},
+                     "inputs": {"unet_name": SDXL_FILES["diffusion_models"][0], "weight_dtype": "default"}},
             "clip": {"class_type": "DualCLIPLoader", "inputs": {
                 "clip_name1": SDXL_FILES["text_encoders"][0], "clip_name2": SDXL_FILES["text_encoders"][1],
                 "type": "sdxl"}},
-            "vae": {"class_type": "VAELoader", "inputs": {"vae_name": SDXL_FILES["vae"]}},
+            "vae": {"class_type": "VAELoader", "inputs": {"vae_name": SDXL_FILES["vae"][0]}},
         }
         model, clip, vae = ["unet", 0], ["clip", 0], ["vae", 0]
     else:

@@ -40,7 +40,8 @@ def test_checkpoint(sdxl: bool = False) -> Path:
     """The folder of the random-weight SD1.5-shaped checkpoint and its LoRAs, or with `sdxl` also of the SDXL
     files (built once with ComfyUI's own classes)."""
     target = cache_dir() / "models"
-    for name, flags in (("tiny-sd15.safetensors", []), *((("sdxl-unet.safetensors", ["--sdxl"]),) if sdxl else ())):
+    builds = [("tiny-sd15.safetensors", [])] + ([("sdxl-unet.safetensors", ["--sdxl"])] if sdxl else [])
+    for name, flags in builds:
         if not (target / name).is_file():
             env = {**os.environ, "PYTHONPATH": str(comfyui_path())}
             subprocess.run([comfyui_python(), str(Path(__file__).with_name("build_checkpoint.py")), str(target),
@@ -96,7 +97,7 @@ class ComfyServer:
         models = test_checkpoint(self.sdxl)
         files = {"checkpoints": ("tiny-sd15.safetensors",), "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors")}
         if self.sdxl:
-            files |= {folder: (names,) if isinstance(names, str) else names for folder, names in SDXL_FILES.items()}
+            files |= SDXL_FILES
         for folder, names in files.items():
             for name in names:
                 _link(models / name, self.base / "models" / folder / name)
