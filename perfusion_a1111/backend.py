@@ -69,7 +69,8 @@ def _embedding_db():
     return getattr(sd_hijack.model_hijack, "embedding_db", None)
 
 
-def _forge_engines(sd_model) -> list:
+def forge_engines(sd_model) -> list:
+    """Forge's text-processing engines: one per text encoder."""
     engines = [getattr(sd_model, n, None) for n in ("text_processing_engine", "text_processing_engine_l",
                                                    "text_processing_engine_g")]
     return [e for e in engines if e is not None]
@@ -92,7 +93,7 @@ def register_word(sd_model, word: str, vectors: Sequence[Tensor], filename: str)
     from backend.text_processing.textual_inversion import Embedding  # Forge
 
     registered = []
-    for engine, vec in zip(_forge_engines(sd_model), vecs, strict=True):
+    for engine, vec in zip(forge_engines(sd_model), vecs, strict=True):
         embedding = Embedding(vec, word)
         embedding.vectors, embedding.shape, embedding.filename = 1, vec.shape[-1], filename
         engine.embeddings.register_embedding(embedding)
@@ -107,7 +108,7 @@ def unregister_word(sd_model, word: str, registered: list) -> None:
         if db.word_embeddings.get(word) in registered:
             db.register_embedding_by_name(None, sd_model, word)
         return
-    for engine in _forge_engines(sd_model):
+    for engine in forge_engines(sd_model):
         if engine.embeddings.word_embeddings.get(word) in registered:
             engine.embeddings.register_embedding_by_name(None, word)
 

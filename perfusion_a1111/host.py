@@ -1,16 +1,20 @@
-"""The loaded A1111 / reForge model (SD1.x, SD2.x) as a `perfusion_core.train.TrainingHost`."""
+"""The loaded model of A1111 or reForge (SD1.x, SD2.x; SDXL in A1111) as a `perfusion_core.train.TrainingHost`,
+and what every web UI's training shares: gradients on for the trainer's tensors only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 
 import numpy as np
 import torch
-from modules import devices, processing, scripts, sd_hijack_checkpoint
-from torch import Tensor
+import torch.utils.checkpoint
+from modules import devices, processing, scripts
+from modules.prompt_parser import SdConditioning
+from torch import Tensor, nn
 
-from perfusion_core import PerfusionError, TrainingError, cross_attention_layers
+from perfusion_core import TrainingError, cross_attention_layers
 from perfusion_core.captions import load_captions
 from perfusion_core.layers import model_family
 from perfusion_core.objective import DiffusionObjective
@@ -26,55 +30,84 @@ from perfusion_core.train import Conditioning
 from . import backend
 
 CHUNK = 77  # tokens per prompt chunk, <bos> and <eos> included
+CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")  # in ldm's, sgm's, Forge's and reForge's UNets
+
+
+def text_models(cond_stage_model) -> list:
+    """The web UI's text-encoder wrappers: SD1/SD2's one, or SDXL's CLIP-L and OpenCLIP-G (the conditioner's
+    embedders that read text; the others embed image sizes)."""
+    return [m for m in getattr(cond_stage_model, "embedders", [cond_stage_model])
+            if hasattr(m, "encode_embedding_init_text")]
 
 
 class A1111Host:
-    """Text encoding, VAE, UNet and previews of `sd_model` as the host's own code runs them."""
+    """Text encoding, VAE, UNet and previews of an A1111 or reForge `sd_model` as the host's own code runs them."""
 
     def __init__(self, sd_model, resolution: int, preview_steps: int = 20, cfg_scale: float = 7.0) -> None:
-        if backend.is_forge(sd_model) and not backend.has_cond_stage_model(sd_model):  # Forge
-            raise PerfusionError("training in Forge is not supported: train in AUTOMATIC1111 or reForge")
-        if getattr(sd_model, "is_sdxl", False):
-            raise PerfusionError(
-                "training SDXL concepts in the web UI is not supported yet: train on a diffusers SDXL folder with "
-                "python -m perfusion_core train, then copy the file into the perfusion folder"
-            )
         self.sd_model = sd_model
-        self.encoder = sd_model.cond_stage_model
+        self.text_models = self._text_models()
         self.unet = backend.unet_of(sd_model)
         self.family = model_family(cross_attention_layers(self.unet))
         self.text_encoder_layer = backend.text_encoder_layer(sd_model)
-        prediction = "v_prediction" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
-        self.objective = DiffusionObjective(sd_model.alphas_cumprod, prediction)
+        self.objective = self._objective()
         self.resolution, self.preview_steps, self.cfg_scale = resolution, preview_steps, cfg_scale
         self.word: str | None = None
         self._registered: list = []
-        self._vectors: list[Tensor] = []
+
+    # -- what differs between the web UIs ----------------------------------------------------------------
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """The modules holding the UNet and the text encoders, for `trainable`."""
+        return [self.sd_model]
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        """The modules whose weights `C` depends on."""
+        return [self.sd_model.cond_stage_model]
+
+    def _text_models(self) -> list:
+        return text_models(self.sd_model.cond_stage_model)
+
+    def _objective(self) -> DiffusionObjective:
+        prediction = "v_prediction" if getattr(self.sd_model, "parameterization", "eps") == "v" else "epsilon"
+        return DiffusionObjective(self.sd_model.alphas_cumprod, prediction)
+
+    def _input_embedding(self, model, word: str) -> Tensor:
+        """The input embedding of the one-token `word` in the text encoder of `model`."""
+        return model.encode_embedding_init_text(word, 1)[0]
+
+    def _conditioning(self, batch: SdConditioning) -> Tensor | dict[str, Tensor]:
+        return self.sd_model.get_learned_conditioning(batch)
+
+    def _apply_unet(self, noisy: Tensor, t: Tensor, context: Tensor, vector: Tensor | None) -> Tensor:
+        return self.sd_model.apply_model(noisy, t, context if vector is None else {"crossattn": context,
+                                                                                  "vector": vector})
 
     # -- words -------------------------------------------------------------------------------------------
 
     def _single_token(self, word: str) -> int:
-        ids = self.encoder.tokenize([word])[0]
-        if len(ids) != 1:
+        """The token id of `word` for the first text encoder, checking it is one token for each."""
+        ids = [model.tokenize([word])[0] for model in self.text_models]
+        if any(len(i) != 1 for i in ids):
             raise TrainingError(
-                f"the superclass {word!r} is {len(ids)} tokens for this model's tokenizer; it must be one token: "
-                "use a common single word such as 'dog', 'toy' or 'teddy'"
+                f"the superclass {word!r} is {max(len(i) for i in ids)} tokens for this model's tokenizer; it must "
+                "be one token: use a common single word such as 'dog', 'toy' or 'teddy'"
             )
-        return ids[0]
+        return ids[0][0]
 
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
         if any(c in word for c in "<>:,()[]") or not word.strip():
             raise TrainingError(f"the concept word {word!r} must be one plain word, e.g. 'hugsy'")
         self._single_token(superclass)
         with torch.no_grad(), devices.autocast():
-            embedding = self.encoder.encode_embedding_init_text(superclass, 1)[0]
+            embeddings = [self._input_embedding(model, superclass).detach().float().cpu() for model in self.text_models]
         self.word = word
-        self._register([embedding.detach().float().cpu()])
-        return [embedding.detach().float().cpu()]
+        self._register(embeddings)
+        return embeddings
 
     def _register(self, vectors: list[Tensor]) -> None:
         """(Re-)register the concept word with `vectors`, which may carry gradients."""
-        self._vectors = vectors
         self._registered = backend.register_word(self.sd_model, self.word, vectors, f"{self.word} (training)")
 
     def release(self) -> None:
@@ -83,14 +116,20 @@ class A1111Host:
             backend.unregister_word(self.sd_model, self.word, self._registered)
 
     def encode(self, prompts: list[str], embeddings: list[Tensor] | None) -> Conditioning:
+        """Prompts encoded as txt2img encodes them at the training resolution; SDXL's vector (pooled text and
+        image sizes) rides along without gradients, as in the other hosts."""
         if embeddings is not None:
             self._register(embeddings)
+        batch = SdConditioning(prompts, width=self.resolution, height=self.resolution)
         with devices.autocast():
-            return Conditioning(self.encoder(prompts).float())
+            cond = self._conditioning(batch)
+        if isinstance(cond, dict):  # SDXL
+            return Conditioning(cond["crossattn"].float(), {"vector": cond["vector"].detach().float()})
+        return Conditioning(cond.float())
 
     def word_mask(self, prompts: list[str], word: str) -> Tensor:
         token = None if word == self.word else self._single_token(word)
-        chunked = [self.encoder.tokenize_line(prompt)[0] for prompt in prompts]
+        chunked = [self.text_models[0].tokenize_line(prompt)[0] for prompt in prompts]
         mask = torch.zeros(len(prompts), CHUNK * max(len(c) for c in chunked), dtype=torch.bool)
         for row, chunks in enumerate(chunked):
             for k, chunk in enumerate(chunks):
@@ -115,18 +154,20 @@ class A1111Host:
 
     def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         with devices.autocast():
-            return self.sd_model.apply_model(noisy, t, cond.context).float()
+            return self._apply_unet(noisy, t, cond.context, cond.extra.get("vector")).float()
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """The web UI's own checkpointing of the UNet's transformer and residual blocks."""
-        if enabled:
-            sd_hijack_checkpoint.add()
-        else:
-            sd_hijack_checkpoint.remove()
+        """Recompute each transformer and residual block of the UNet in the backward pass."""
+        for module in self.unet.modules():
+            if type(module).__name__ in CHECKPOINTED_BLOCKS:
+                if enabled:
+                    module.forward = _checkpointed(type(module).forward.__get__(module))
+                else:
+                    module.__dict__.pop("forward", None)
 
     def second_moment(self, progress: Progress | None = None) -> SecondMoment:
         captions = load_captions()
-        key = weights_key([self.encoder], self.text_encoder_layer, captions)
+        key = weights_key(self.text_encoders, self.text_encoder_layer, captions)
 
         def compute() -> SecondMoment:
             return second_moment(lambda batch: self.encode(batch, None).context, captions, progress=progress)
@@ -151,26 +192,54 @@ class A1111Host:
         return torch.stack(images)
 
 
+def _checkpointed(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`forward` recomputed in the backward pass. It reads a copy of its input: Forge's transformer blocks add
+    residuals onto their input in place, which would change the input kept for the recomputation."""
+
+    def on_copy(x: Tensor, *args, **kwargs) -> Tensor:
+        return forward(x.clone(), *args, **kwargs)
+
+    return functools.partial(torch.utils.checkpoint.checkpoint, on_copy, use_reentrant=False)
+
+
+def _normal_tensors(module: nn.Module) -> None:
+    """Replace tensors made under inference mode (Forge loads weights so) by equal normal ones, which autograd can
+    save for the backward pass; the model keeps these."""
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_inference():
+                m._parameters[name] = nn.Parameter(p.clone(), requires_grad=False)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+
+
 @contextmanager
-def trainable(sd_model) -> Iterator[None]:
+def trainable(modules: list[nn.Module]) -> Iterator[None]:
     """Gradients on, for the trainer's tensors only: the model's own weights stay frozen.
 
-    ldm's own block checkpointing is switched off meanwhile: A1111 before 1.10 loads SD1/SD2 with it on, and its
-    backward differentiates every weight of the block, which fails on frozen weights (1.10 turns it off at load).
-    The web UI's optional checkpointing (`set_gradient_checkpointing`) is a separate mechanism.
+    ldm's and sgm's own block checkpointing is switched off meanwhile: A1111 before 1.10 loads SD1/SD2 with it on,
+    and its backward differentiates every weight of the block, which fails on frozen weights (1.10 turns it off at
+    load). The trainer's optional checkpointing (`A1111Host.set_gradient_checkpointing`) is a separate mechanism.
+    SDXL's conditioner runs embedders not marked trainable under `no_grad`: they are marked so meanwhile, for the
+    word embedding's gradient.
     """
-    flags = [(p, p.requires_grad) for p in sd_model.parameters()]
-    ldm_checkpointing = [(m, name) for m in sd_model.modules() for name in ("checkpoint", "use_checkpoint")
-                         if getattr(m, name, None) is True]
+    with torch.inference_mode(False):
+        for module in modules:
+            _normal_tensors(module)
+    flags = [(p, p.requires_grad) for module in modules for p in module.parameters()]
+    switched = [(m, name, value) for module in modules for m in module.modules()
+                for name, value in (("checkpoint", False), ("use_checkpoint", False), ("is_trainable", True))
+                if getattr(m, name, None) is (not value)]
     try:
         with torch.inference_mode(False), torch.enable_grad():
             for p, _ in flags:
                 p.requires_grad_(False)
-            for m, name in ldm_checkpointing:
-                setattr(m, name, False)
+            for m, name, value in switched:
+                setattr(m, name, value)
             yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        for m, name in ldm_checkpointing:
-            setattr(m, name, True)
+        for m, name, value in switched:
+            setattr(m, name, not value)

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from modules import sd_hijack, sd_models, shared
 
-from perfusion_core import TrainingError
+from perfusion_core import PerfusionError, TrainingError
 from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
 from perfusion_core.train import StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
 
 from . import backend
+from .forge_host import ForgeHost
 from .host import A1111Host, trainable
 from .library import ConceptLibrary
 
@@ -82,24 +83,53 @@ class _Reporter:
         self.previews.append(path)
 
 
+def _loaded_for_training(sd_model):
+    """The checkpoint the settings name, with its unpatched UNet loaded.
+
+    The previews' txt2img loads the checkpoint the settings name (an API call's override_settings leave another
+    loaded): load it now, or the web UI tears down the model being trained at the first preview. On Forge and
+    reForge the last generation's UNet clone stays loaded, a Perfusion or LoRA patch applied, until another clone
+    is loaded; training calls the UNet directly, so the unpatched one is loaded first.
+    """
+    if backend.has_cond_stage_model(sd_model):  # A1111, reForge
+        sd_models.reload_model_weights()
+        sd_model = shared.sd_model
+        if not backend.is_forge(sd_model):
+            return sd_model
+        from ldm_patched.modules import model_management  # reForge
+
+        load = model_management.load_models_gpu
+    else:  # Forge
+        from backend import memory_management
+
+        sd_model, _ = sd_models.forge_model_reload()
+        load = memory_management.load_models_gpu
+    sd_model.forge_objects = sd_model.forge_objects_original.shallow_copy()
+    load([sd_model.forge_objects.unet])
+    return sd_model
+
+
+def _training_host(sd_model, resolution: int, preview_steps: int) -> A1111Host:
+    """The host for the loaded model: Forge's own backend, or A1111's and reForge's."""
+    if not backend.is_forge(sd_model):
+        return A1111Host(sd_model, resolution, preview_steps)
+    if not backend.has_cond_stage_model(sd_model):
+        return ForgeHost(sd_model, resolution, preview_steps)
+    if getattr(sd_model, "is_sdxl", False):
+        raise PerfusionError(
+            "training SDXL concepts in reForge is not supported yet: train in AUTOMATIC1111 or Forge, or on a "
+            "diffusers SDXL folder with python -m perfusion_core train, then copy the file into the perfusion folder"
+        )
+    return A1111Host(sd_model, resolution, preview_steps)  # reForge
+
+
 def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
     """Train (or resume) the requested concept on `shared.sd_model`; the caller holds the queue lock."""
     sd_model = shared.sd_model
     if sd_model is None:
         raise TrainingError("no model is loaded: load a checkpoint first")
-    if backend.has_cond_stage_model(sd_model):  # A1111, reForge (A1111Host refuses Forge)
-        # the previews' txt2img loads the checkpoint the settings name (an API call's override_settings leave
-        # another loaded): load it now, or reForge tears down the model being trained at the first preview
-        sd_models.reload_model_weights()
-        sd_model = shared.sd_model
-        if backend.is_forge(sd_model):  # reForge
-            # the last generation's UNet clone stays loaded, a Perfusion or LoRA patch applied, until another clone
-            # is loaded; training calls the UNet directly, so load the unpatched one first
-            from ldm_patched.modules import model_management
-
-            sd_model.forge_objects = sd_model.forge_objects_original.shallow_copy()
-            model_management.load_models_gpu([sd_model.forge_objects.unet])
-    host = A1111Host(sd_model, request.resolution, request.preview_steps)
+    sd_model = _loaded_for_training(sd_model)
+    host = _training_host(sd_model, request.resolution, request.preview_steps)
     images, masks = load_image_folder(request.images, request.resolution)
     data = TrainingData(images, masks)
     out = library.folder / f"{(request.name or request.word).strip()}.safetensors"
@@ -111,7 +141,7 @@ def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
     if not keep_optimizations:
         sd_hijack.undo_optimizations()
     try:
-        with trainable(sd_model):
+        with trainable(host.modules):
             if request.resume:
                 trainer = Trainer.resume(host, data, out, steps=request.steps,
                                          gradient_checkpointing=request.gradient_checkpointing)
