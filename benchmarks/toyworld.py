@@ -49,6 +49,7 @@ TAU = 0.15
 SECOND_OBJECTS = (("circle", "green"), ("square", "blue"), ("triangle", "purple"))
 SEEDS = (0, 1)
 PAIR_SEEDS = (0, 1, 2)
+COMPANION_METHODS = ("perfusion", "textual_inversion")
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,15 @@ def train_clock(host: DiffusersHost) -> Callable[[], float]:
 
 
 def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, steps: int, out: Path,
-                  suffix: str = "") -> list[Method]:
-    """Train all five methods for one concept on `data`."""
+                  suffix: str = "", only: tuple[str, ...] | None = None) -> list[Method]:
+    """Train the five methods (or those named in `only`) for one concept on `data`."""
     clock = train_clock(host)
     concept, word = world.CONCEPTS[concept_name], WORDS[concept_name]
     recipe = baselines.Recipe(steps=steps, lr_embedding=demo.LR_EMBEDDING)
     methods = []
     for name, lock in (("perfusion", True), ("trained_k", False)):
+        if only is not None and name not in only:
+            continue
         started = clock()
         settings = demo.train_settings(word, concept.superclass, steps, lock_keys=lock)
         trained = Trainer(host, data, settings, out / f"{concept_name}{suffix}.{name}.safetensors").run().concept
@@ -180,6 +183,8 @@ def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, st
                               clock() - started, trained))
     for name, train, knobs in (("textual_inversion", baselines.textual_inversion, (1.0,)),
                                ("lora_r4", baselines.lora, SCALES), ("full_fine_tune", baselines.full_fine_tune, SCALES)):
+        if only is not None and name not in only:
+            continue
         started = clock()
         adapted = train(host, data, word, concept.superclass, recipe)
         methods.append(Method(name, word, adapted.embeddings, _baseline(host, adapted), knobs,
@@ -302,8 +307,9 @@ def table(points: dict[str, list[dict]], seconds: dict[str, float], clock: str =
     for name, ps in points.items():
         for p in ps:
             knob = "-" if "knob" not in p else f"{p['knob']:g}"
+            train = f"{seconds[name]:.0f}" if name in seconds else "-"
             lines.append(f"| {name} | {knob} | {p['concept_fidelity']:.3f} | {p['prompt_fidelity']:.3f} | "
-                         f"{p['concept_present']:.2f} | {p['pattern_contrast']:.2f} | {seconds.get(name, 0):.0f} |")
+                         f"{p['concept_present']:.2f} | {p['pattern_contrast']:.2f} | {train} |")
     return "\n".join(lines)
 
 
@@ -427,14 +433,27 @@ def main() -> None:
     two_concept, pair_images = two_concepts(host, scorer, list(zip(*trained.values(), strict=True)))
     if pair_images is not None:
         grid_rows.append(pair_images[: len(shown)])
+    companions, companion_points = {}, {}
+    for concept_name in WORDS:
+        data = demo.training_data(concept_name, companions=demo.COMPANION_VIEWS)
+        companions[concept_name] = methods = train_methods(host, concept_name, data, args.steps, work,
+                                                           suffix=".companions", only=COMPANION_METHODS)
+        defaults = [replace(m, knobs=(0.7,) if m.knobs == BETAS else m.knobs) for m in methods]
+        for name, ps in evaluate(host, scorer, defaults, world.CONCEPTS[concept_name], shown)[0].items():
+            companion_points.setdefault(name, []).append(ps)
+    two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)))[0]
+    print(f"companion training: {json.dumps(companion_points)}, both present {two_concept_companions} "
+          f"({time.monotonic() - started:.0f} s)", flush=True)
     figures = {
         "model_prompt_following": min(model_attrs.values()),
         "model_attr_accuracy": model_attrs,
         "model_all_correct": model_scores["all"],
         "probe_min_attr_accuracy": min(v for k, v in probe_scores.items() if k != "all"),
         **summary(points, two_concept),
+        "two_concept_both_present_companion_training": two_concept_companions,
         "points": points,
         "one_shot_points": one_shot,
+        "companion_training_points": {name: _mean_points(ps) for name, ps in companion_points.items()},
         "train_seconds": mean_seconds,
         "train_clock": clock,
         "device": str(host.device),
@@ -445,7 +464,11 @@ def main() -> None:
                 f"Mean over {', '.join(WORDS)}; {args.steps} steps, batch 16, {len(demo.TRAINING_VIEWS)} images each.", "",
                 table(points, mean_seconds, clock), "", "## One-shot (checker_heart, one image)", "", table(one_shot, {}, clock), "",
                 "## Two concepts in one prompt (both present)", "",
-                *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), ""]
+                *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), "",
+                f"## Companion training ({len(demo.TRAINING_VIEWS)} views + {len(demo.COMPANION_VIEWS)} beside an ordinary "
+                "object named first; Perfusion at β 0.7)", "",
+                table({name: _mean_points(ps) for name, ps in companion_points.items()}, {}, clock), "",
+                *(f"- two concepts, {name}: {value:.2f}" for name, value in two_concept_companions.items()), ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")
     grid = image_grid(torch.cat(grid_rows), columns=len(shown))

@@ -189,3 +189,16 @@ def test_demo_writes_a_concept_and_a_grid(tmp_path, monkeypatch):
     rows, columns = 1 + len(demo.PROMPTS), len(demo.BETAS)
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.width > 8 * 16 * columns and grid.height > 8 * 16 * rows
+
+
+def test_companion_views_name_the_concept_second_beside_the_drawn_object():
+    from toyworld import demo
+
+    square = world.Obj("square", "green", "left")
+    data = demo.training_data("checker_heart", views=(("left", "white"),), companions=(("right", "black", square),))
+    assert data.captions == ("a {} on the left on a white background",
+                             "a green square on the left and a {} on the right on a black background")
+    alone = world.render_concept("checker_heart", "right", "black", seed=1)
+    beside = data.images[1].permute(1, 2, 0).numpy()
+    left, right = beside[:, :8], beside[:, 8:]
+    assert np.allclose(right, alone[:, 8:]) and not np.allclose(left, alone[:, :8])

@@ -22,6 +22,13 @@ from toyworld import world
 
 MODEL = Path(__file__).with_name("model")
 TRAINING_VIEWS = (("left", "white"), ("right", "black"), ("top", "white"), ("bottom", "black"), ("centre", "white"))
+# the concept beside an ordinary object named first: trained on these too, the word is learnt in the second place
+# of a sentence as well, where a two-concept prompt puts one of them (toyworld/MODEL_CARD.md, Notes)
+COMPANION_VIEWS = (("right", "white", world.Obj("square", "green", "left")),
+                   ("left", "black", world.Obj("triangle", "blue", "right")),
+                   ("bottom", "white", world.Obj("star", "red", "top")),
+                   ("top", "black", world.Obj("square", "yellow", "bottom")),
+                   ("right", "black", world.Obj("triangle", "green", "left")))
 PROMPTS = (
     "a {} on the left on a gray background",  # a background the training images never show
     "a {} on the right on a white background",
@@ -40,12 +47,21 @@ def world_captions(n: int = 4000, seed: int = 1) -> list[str]:
     return [world.caption(world.random_scene(rng, stage=2)) for _ in range(n)]
 
 
-def training_data(concept: str, views: tuple[tuple[str, str], ...] = TRAINING_VIEWS) -> TrainingData:
-    """Rendered views of a held-out concept, each captioned as the world would ("a {} on the left ...")."""
-    scenes = [world.concept_scene(world.CONCEPTS[concept], position, background, seed=k)
+def training_data(concept: str, views: tuple[tuple[str, str], ...] = TRAINING_VIEWS,
+                  companions: tuple[tuple[str, str, world.Obj], ...] = ()) -> TrainingData:
+    """Rendered views of a held-out concept, each captioned as the world would ("a {} on the left ..."); then
+    views (the concept's place, background, an ordinary object) of the concept beside that object, which the
+    caption names first ("a green square on the left and a {} on the right ...")."""
+    held_out = world.CONCEPTS[concept]
+    scenes = [world.concept_scene(held_out, position, background, seed=k)
               for k, (position, background) in enumerate(views)]
+    captions = [world.caption(scene, ("{}",)) for scene in scenes]
+    for k, (position, background, companion) in enumerate(companions, start=len(views)):
+        (shown,) = world.concept_scene(held_out, position, background, seed=k).objects
+        scenes.append(world.Scene((companion, shown), background))
+        captions.append(world.caption(scenes[-1], (None, "{}")))
     images = torch.from_numpy(np.stack([world.render(scene) for scene in scenes])).permute(0, 3, 1, 2)
-    return TrainingData(images.float(), captions=tuple(world.caption(scene, ("{}",)) for scene in scenes))
+    return TrainingData(images.float(), captions=tuple(captions))
 
 
 def train_settings(word: str, superclass: str, steps: int = 400, **overrides) -> TrainSettings:

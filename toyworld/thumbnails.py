@@ -4,7 +4,8 @@ Each `example_workflows/NAME.jpg` shows what its workflow does, on two held-out 
 (a checked heart "hugsy", a ringed circle "zappy"), each trained for 400 steps:
 - train-one-concept: the training images, then the previews the trainer renders as it goes;
 - apply-with-gate-sweep: one prompt and seed across the gate bias β;
-- two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds).
+- two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds), trained with
+  the companion views as well (`demo.COMPANION_VIEWS`).
 
     python -m toyworld.thumbnails [--out example_workflows]
 """
@@ -36,12 +37,16 @@ def save_jpg(images: torch.Tensor, columns: int, path: Path) -> Path:
     return save_image(image_grid(images, columns=columns), path, scale=SCALE)
 
 
-def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0) -> tuple[Concept, list[torch.Tensor]]:
-    """One concept trained with the toy world's recipe; its previews (seed 0) every `preview_every` steps."""
+def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0, companions: tuple = ()
+          ) -> tuple[Concept, list[torch.Tensor]]:
+    """One concept trained with the toy world's recipe (on its views, then `companions`); its previews (seed 0)
+    every `preview_every` steps."""
     concept = world.CONCEPTS[CONCEPTS[word]]
     settings = demo.train_settings(word, concept.superclass, preview_every=preview_every,
                                    preview_prompts=(PREVIEW,))
-    result = Trainer(host, demo.training_data(CONCEPTS[word]), settings, work / f"{word}.safetensors").run()
+    data = demo.training_data(CONCEPTS[word], companions=companions)
+    name = f"{word}.companions" if companions else word
+    result = Trainer(host, data, settings, work / f"{name}.safetensors").run()
     return result.concept, [images for _, images in result.previews]
 
 
@@ -62,7 +67,9 @@ def main() -> None:
                 sweep.append(host.sample([SWEEP.format("hugsy")], [0], hugsy.embeddings))
         print(save_jpg(torch.cat(sweep), len(sweep), args.out / "apply-with-gate-sweep.jpg"))
 
-        zappy, _ = train(host, "zappy", Path(work))
+        # separately trained concepts, each also seen beside an ordinary object named first
+        hugsy, _ = train(host, "hugsy", Path(work), companions=demo.COMPANION_VIEWS)
+        zappy, _ = train(host, "zappy", Path(work), companions=demo.COMPANION_VIEWS)
         host.install_word("hugsy", hugsy.embeddings)
         host.install_word("zappy", zappy.embeddings)
         prompts = [PAIR.format(background) for background in world.BACKGROUNDS for _ in range(2)]
