@@ -216,7 +216,8 @@ def _normal_tensors(module: nn.Module) -> None:
 
 @contextmanager
 def trainable(modules: list[nn.Module]) -> Iterator[None]:
-    """Gradients on, for the trainer's tensors only: the model's own weights stay frozen.
+    """Gradients on, for the trainer's tensors only: the model's own weights stay frozen. Tensors made under
+    inference mode are replaced by equal normal ones first.
 
     ldm's and sgm's own block checkpointing is switched off meanwhile: A1111 before 1.10 loads SD1/SD2 with it on,
     and its backward differentiates every weight of the block, which fails on frozen weights (1.10 turns it off at
