@@ -442,6 +442,7 @@ def main() -> None:
         for name, ps in evaluate(host, scorer, defaults, world.CONCEPTS[concept_name], shown)[0].items():
             companion_points.setdefault(name, []).append(ps)
     two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)))[0]
+    companion_means = {name: _mean_points(ps) for name, ps in companion_points.items()}
     print(f"companion training: {json.dumps(companion_points)}, both present {two_concept_companions} "
           f"({time.monotonic() - started:.0f} s)", flush=True)
     figures = {
@@ -453,7 +454,7 @@ def main() -> None:
         "two_concept_both_present_companion_training": two_concept_companions,
         "points": points,
         "one_shot_points": one_shot,
-        "companion_training_points": {name: _mean_points(ps) for name, ps in companion_points.items()},
+        "companion_training_points": companion_means,
         "train_seconds": mean_seconds,
         "train_clock": clock,
         "device": str(host.device),
@@ -467,7 +468,7 @@ def main() -> None:
                 *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), "",
                 f"## Companion training ({len(demo.TRAINING_VIEWS)} views + {len(demo.COMPANION_VIEWS)} beside an ordinary "
                 "object named first; Perfusion at β 0.7)", "",
-                table({name: _mean_points(ps) for name, ps in companion_points.items()}, {}, clock), "",
+                table(companion_means, {}, clock), "",
                 *(f"- two concepts, {name}: {value:.2f}" for name, value in two_concept_companions.items()), ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")

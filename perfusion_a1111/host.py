@@ -33,13 +33,6 @@ CHUNK = 77  # tokens per prompt chunk, <bos> and <eos> included
 CHECKPOINTED_BLOCKS = ("BasicTransformerBlock", "ResBlock")  # in ldm's, sgm's, Forge's and reForge's UNets
 
 
-def text_models(cond_stage_model) -> list:
-    """The web UI's text-encoder wrappers: SD1/SD2's one, or SDXL's CLIP-L and OpenCLIP-G (the conditioner's
-    embedders that read text; the others embed image sizes)."""
-    return [m for m in getattr(cond_stage_model, "embedders", [cond_stage_model])
-            if hasattr(m, "encode_embedding_init_text")]
-
-
 class A1111Host:
     """Text encoding, VAE, UNet and previews of an A1111 or reForge `sd_model` as the host's own code runs them."""
 
@@ -67,7 +60,10 @@ class A1111Host:
         return [self.sd_model.cond_stage_model]
 
     def _text_models(self) -> list:
-        return text_models(self.sd_model.cond_stage_model)
+        """The web UI's text-encoder wrappers: SD1/SD2's one, or SDXL's CLIP-L and OpenCLIP-G (the conditioner's
+        embedders that read text; the others embed image sizes)."""
+        encoder = self.sd_model.cond_stage_model
+        return [m for m in getattr(encoder, "embedders", [encoder]) if hasattr(m, "encode_embedding_init_text")]
 
     def _objective(self) -> DiffusionObjective:
         prediction = "v_prediction" if getattr(self.sd_model, "parameterization", "eps") == "v" else "epsilon"
