@@ -10,11 +10,13 @@ from modules.call_queue import queue_lock
 
 from perfusion_core import PerfusionError
 
-from .library import ConceptLibrary
+from .network import PerfusionNetwork
 from .training import TrainRequest, train
 
 
-def add_routes(app: FastAPI, library: ConceptLibrary) -> None:
+def add_routes(app: FastAPI, network: PerfusionNetwork) -> None:
+    library = network.library
+
     @app.get("/perfusion/v1/concepts")
     def concepts() -> list[dict]:
         library.refresh()
@@ -34,7 +36,7 @@ def add_routes(app: FastAPI, library: ConceptLibrary) -> None:
         with queue_lock:
             shared.state.begin(job="perfusion-train")
             try:
-                outcome = train(request, library)
+                outcome = train(request, network)
             except PerfusionError as exc:
                 raise HTTPException(status_code=400, detail=str(exc)) from None
             finally:

@@ -23,9 +23,16 @@ from . import backend
 from .network import PATCHES_ATTRIBUTE
 
 
-def _patched_forward(original: Callable[..., Tensor], projection: GatedProjection) -> Callable[..., Tensor]:
+def _patched_forward(original: Callable[..., Tensor], projection: GatedProjection | None,
+                     reads: Callable[[Tensor], Tensor] | None) -> Callable[..., Tensor]:
+    """`original` with the gated edit `projection` (if any), reading `reads(x)` in place of `x` (if given)."""
+
     def forward(x: Tensor, *args, **kwargs) -> Tensor:
-        return projection(lambda e: original(e, *args, **kwargs), x)
+        def host(y: Tensor) -> Tensor:
+            return original(y, *args, **kwargs)
+
+        e = x if reads is None else reads(x)
+        return host(e) if projection is None else projection(host, e)
 
     return forward
 
@@ -34,17 +41,19 @@ def _unpatched_forward(unet, key: str, module: nn.Module) -> Callable[..., Tenso
     return unet.object_patches.get(key) or MethodType(type(module).forward, module)
 
 
-def patch_clone(p) -> None:
-    """Replace `p.sd_model.forge_objects.unet` by a clone carrying the recorded patch (if any)."""
+def patch_clone(p, superclass_input: Callable[[Tensor], Tensor]) -> None:
+    """Replace `p.sd_model.forge_objects.unet` by a clone carrying the recorded patch (if any); globally
+    locked K projections read `superclass_input(context)`."""
     patches = getattr(p, PATCHES_ATTRIBUTE, None)
     if not patches or not backend.is_forge(p.sd_model):
         return
     unet = p.sd_model.forge_objects.unet.clone()
     for layer in cross_attention_layers(unet.model.diffusion_model):
         patch = patches[layer.name]
-        for name, projection in (("to_k", patch.key), ("to_v", patch.value)):
-            if projection is not None:
+        for name, projection, reads in (("to_k", patch.key, superclass_input if patch.key_reads_superclass else None),
+                                        ("to_v", patch.value, None)):
+            if projection is not None or reads is not None:
                 key = f"diffusion_model.{layer.path}.{name}.forward"
                 original = _unpatched_forward(unet, key, getattr(layer, name))
-                unet.add_object_patch(key, _patched_forward(original, projection))
+                unet.add_object_patch(key, _patched_forward(original, projection, reads))
     p.sd_model.forge_objects.unet = unet

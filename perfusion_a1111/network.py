@@ -2,9 +2,9 @@
 
 On A1111 the patch is `perfusion_core.patch_unet` (forward hooks on every `attn2.to_k`/`to_v`; the host's
 own projection still runs, so Lora and fp8 casting apply). A1111 calls `deactivate` only when sampling
-succeeds, so every `activate` first removes what the previous one installed. `lock=global` adds
-`global_lock.SuperclassContexts`. On Forge and reForge,
-`activate` builds the patch and records it on `p`; `forge.patch_clone` installs it in the per-batch UNet clone.
+succeeds, so every `activate` first removes what the previous one installed. On Forge and reForge, `activate`
+builds the patch and records it on `p`; `forge.patch_clone` installs it in the per-batch UNet clone.
+`lock=global` adds `global_lock.SuperclassContexts` on every host.
 An error (unknown name, wrong base model, concepts that cannot be combined) makes the next UNet call raise
 it, so the generation stops with the message instead of silently running without the concept: the web UI
 only logs an exception raised by `activate` or by a script.
@@ -85,11 +85,6 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
                 check_concept(r.concept, layers)
                 check_text_encoder_layer(r.concept, layer)
                 backend.check_embeddings(r.concept, sd_model)
-                if r.request.lock == "global" and backend.is_forge(sd_model):
-                    raise PerfusionError(
-                        f"<{TAG}:{r.request.name}:...:lock=global> is not available in Forge or reForge yet: "
-                        "leave lock out (local key-locking)"
-                    )
         return resolved
 
     def activate(self, p, params_list: list) -> None:
@@ -112,17 +107,14 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
             uses = [r.use for r in resolved]
             if backend.is_forge(sd_model):
                 setattr(p, PATCHES_ATTRIBUTE, build_patch(cross_attention_layers(unet), uses))
-                return
-            self.handle = patch_unet(unet, uses)
+            else:
+                self.handle = patch_unet(unet, uses)
         except PerfusionError as error:
             self.fail(sd_model, error)
             return
         global_words = {r.concept.word: r.concept.superclass for r in resolved if r.request.lock == "global"}
         if global_words:
-            try:
-                self.global_lock.install(sd_model, unet, self.handle, global_words)
-            except PerfusionError as error:
-                self.fail(sd_model, error)
+            self.global_lock.install(sd_model, unet, self.handle, global_words)
 
     def fail(self, sd_model, error: PerfusionError) -> None:
         """Undo this activation and make the coming UNet call raise `error`."""

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 from modules import sd_hijack, sd_models, shared
 
-from perfusion_core import PerfusionError, TrainingError
+from perfusion_core import TrainingError
 from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
 from perfusion_core.train import StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
 
 from . import backend
 from .forge_host import ForgeHost
 from .host import A1111Host, trainable
-from .library import ConceptLibrary
+from .network import PerfusionNetwork
 
 _RECIPE = {f.name: f.default for f in fields(TrainSettings)}  # one source of the paper's defaults
 
@@ -115,19 +115,17 @@ def _training_host(sd_model, resolution: int, preview_steps: int) -> A1111Host:
         return A1111Host(sd_model, resolution, preview_steps)
     if not backend.has_cond_stage_model(sd_model):
         return ForgeHost(sd_model, resolution, preview_steps)
-    if getattr(sd_model, "is_sdxl", False):
-        raise PerfusionError(
-            "training SDXL concepts in reForge is not supported yet: train in AUTOMATIC1111 or Forge, or on a "
-            "diffusers SDXL folder with python -m perfusion_core train, then copy the file into the perfusion folder"
-        )
     return A1111Host(sd_model, resolution, preview_steps)  # reForge
 
 
-def train(request: TrainRequest, library: ConceptLibrary) -> TrainOutcome:
-    """Train (or resume) the requested concept on `shared.sd_model`; the caller holds the queue lock."""
+def train(request: TrainRequest, network: PerfusionNetwork) -> TrainOutcome:
+    """Train (or resume) the requested concept on `shared.sd_model` into the network's concept folder; the caller
+    holds the queue lock."""
     sd_model = shared.sd_model
     if sd_model is None:
         raise TrainingError("no model is loaded: load a checkpoint first")
+    network.unload(sd_model)  # a generation that failed left its patch: A1111 deactivates only after success
+    library = network.library
     sd_model = _loaded_for_training(sd_model)
     host = _training_host(sd_model, request.resolution, request.preview_steps)
     images, masks = load_image_folder(request.images, request.resolution)

@@ -10,7 +10,7 @@ from modules.call_queue import wrap_gradio_gpu_call
 
 from perfusion_core.images import loss_curve, to_pil
 
-from .library import ConceptLibrary
+from .network import PerfusionNetwork
 from .training import TrainRequest, train
 
 # rows of (TrainRequest field, label); numbers with an integer default are integers
@@ -41,7 +41,7 @@ def _component(key: str, label: str, default) -> gr.components.Component:
     return gr.Textbox(label=label, value=default, elem_id=elem_id)
 
 
-def create_tab(library: ConceptLibrary) -> list[tuple[gr.Blocks, str, str]]:
+def create_tab(network: PerfusionNetwork) -> list[tuple[gr.Blocks, str, str]]:
     defaults = TrainRequest(word="", superclass="", images="")
     inputs: dict[str, gr.components.Component] = {}
     with gr.Blocks(analytics_enabled=False) as tab:
@@ -64,7 +64,7 @@ def create_tab(library: ConceptLibrary) -> list[tuple[gr.Blocks, str, str]]:
         names = list(inputs)
 
         def run(_task_id: str, *values):
-            outcome = train(TrainRequest(**dict(zip(names, values, strict=True))), library)
+            outcome = train(TrainRequest(**dict(zip(names, values, strict=True))), network)
             images = [to_pil(loss_curve(outcome.losses)), *(str(p) for p in outcome.previews[-1:])]
             return images, f"<p>Saved {html.escape(str(outcome.path))} after {outcome.steps} steps.</p>"
 

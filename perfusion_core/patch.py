@@ -148,6 +148,16 @@ def _with_input(args: tuple, kwargs: dict, x: Tensor) -> tuple[tuple, dict]:
     return args, {**kwargs, "input": x}
 
 
+def superclass_input(superclass_context: Tensor | None, e: Tensor) -> Tensor:
+    """What a globally locked K projection reads in place of the prompt `e`: the superclass prompt."""
+    if superclass_context is None or superclass_context.shape != e.shape:
+        raise PerfusionError(
+            "global locking needs the prompt encoded with the superclass word, of the same shape "
+            "as the context: call handle.set_superclass_context(...) before sampling"
+        )
+    return superclass_context.to(e.device, e.dtype)
+
+
 @dataclass
 class PatchHandle:
     """Hooks of one installed patch. `remove()` (or leaving a `with` block) restores the model exactly."""
@@ -171,14 +181,6 @@ class PatchHandle:
                     projection.register_forward_hook(self._post_hook()),
                 ]
 
-    def _superclass_input(self, e: Tensor) -> Tensor:
-        if self.superclass_context is None or self.superclass_context.shape != e.shape:
-            raise PerfusionError(
-                "global locking needs the prompt encoded with the superclass word, of the same shape "
-                "as the context: call handle.set_superclass_context(...) before sampling"
-            )
-        return self.superclass_context.to(e.device, e.dtype)
-
     def _pre_hook(self, name: str, side: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             # The output hook of the same call pops this entry and adds the gated targets.
@@ -189,7 +191,7 @@ class PatchHandle:
                 return None
             e = _input_of(args, kwargs)
             if side == "key" and patch.key_reads_superclass:
-                e = self._superclass_input(e)
+                e = superclass_input(self.superclass_context, e)
             projection: GatedProjection | None = getattr(patch, side)
             if projection is None:
                 pending.append(None)

@@ -32,12 +32,12 @@ class PerfusionScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def process_before_every_sampling(self, p, *args, **kwargs) -> None:
-        forge.patch_clone(p)
+        forge.patch_clone(p, network.global_lock.key_input)
 
 
 script_callbacks.on_before_ui(before_ui)
 # the loaded model as it is: `shared.sd_model` would load one
 script_callbacks.on_script_unloaded(lambda: network.unload(getattr(sd_models.model_data, "sd_model", None)))
 script_callbacks.on_infotext_pasted(lambda infotext, params: paste.rename_by_hash(params, library))
-script_callbacks.on_app_started(lambda _demo, app: api.add_routes(app, library))
-script_callbacks.on_ui_tabs(lambda: ui.create_tab(library))
+script_callbacks.on_app_started(lambda _demo, app: api.add_routes(app, network))
+script_callbacks.on_ui_tabs(lambda: ui.create_tab(network))

@@ -127,3 +127,78 @@ def test_a_file_whose_header_length_starts_with_byte_0x80_is_not_taken_for_a_pic
             break
     assert path.read_bytes()[0] == 0x80
     assert read_safetensors(path)[1]["pad"]
+
+
+class _Prompts(list):
+    """Like the web UI's prompt list: a list that carries the image size."""
+
+    width = 0
+
+
+class _Model:
+    """A stand-in for the web UI's model: one row per word of each prompt, its value the word's length."""
+
+    def __init__(self, sdxl: bool = False) -> None:
+        self.sdxl, self.widths = sdxl, []
+
+    def get_learned_conditioning(self, texts: _Prompts):
+        self.widths.append(texts.width)
+        rows = torch.tensor([[float(len(w)) for w in t.split()] for t in texts])[..., None]
+        return {"crossattn": rows, "vector": torch.zeros(len(texts), 2)} if self.sdxl else rows
+
+
+class _Unet(torch.nn.Module):
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _encode(model, *texts: str, width: int = 64):
+    prompts = _Prompts(texts)
+    prompts.width = width
+    with torch.no_grad():
+        return model.get_learned_conditioning(prompts)
+
+
+@pytest.mark.parametrize("sdxl", [False, True])
+def test_global_lock_context_rows_read_the_superclass_prompt(sdxl):
+    from perfusion_a1111.global_lock import SuperclassContexts
+
+    model, unet, lock = _Model(sdxl), _Unet(), SuperclassContexts()
+    lock.install(model, unet, None, {"hugsy": "bear"})
+    _encode(model, "a hugsy sits", "an ugly dog")
+    assert model.widths == [64, 64]  # the superclass prompt is encoded at the same image size
+    concept, negative = torch.tensor([[1.0], [5.0], [4.0]]), torch.tensor([[2.0], [4.0], [3.0]])
+    twin = torch.tensor([[1.0], [4.0], [4.0]])
+    # one batch: the concept prompt, the negative prompt, the concept prompt repeated (Forge) and padded (A1111)
+    unet(torch.zeros(1), context=torch.stack([concept, negative]))
+    assert torch.equal(lock.key_input(torch.zeros(2, 3, 1)), torch.stack([twin, negative]))
+    unet(torch.zeros(1), context=torch.stack([torch.cat([concept, concept]), torch.cat([concept, negative])]))
+    assert torch.equal(lock.context, torch.stack([torch.cat([twin, twin]), torch.cat([twin, negative])]))
+    with pytest.raises(PerfusionError, match="superclass"):
+        lock.key_input(torch.zeros(2, 4, 1))  # a context the UNet was not called with
+    lock.remove()
+    assert "get_learned_conditioning" not in vars(model)
+    assert lock.context is None
+
+
+def test_global_lock_refuses_a_superclass_of_another_length_and_skips_training_encodes():
+    from perfusion_a1111.global_lock import SuperclassContexts
+
+    model, lock = _Model(), SuperclassContexts()
+    lock.install(model, _Unet(), None, {"hugsy": "teddy bear"})
+    model.get_learned_conditioning(_Prompts(["a hugsy"]))  # with gradients, as training encodes: nothing kept
+    assert model.widths == [0] and not lock.pairs
+    with pytest.raises(PerfusionError, match="one-token superclass"):
+        _encode(model, "a hugsy")
+
+
+def test_global_lock_removal_restores_another_extensions_wrapper():
+    from perfusion_a1111.global_lock import SuperclassContexts
+
+    model, lock = _Model(), SuperclassContexts()
+    theirs = model.get_learned_conditioning
+    model.get_learned_conditioning = theirs
+    lock.install(model, _Unet(), None, {"hugsy": "bear"})
+    assert model.get_learned_conditioning is not theirs
+    lock.remove()
+    assert model.get_learned_conditioning is theirs

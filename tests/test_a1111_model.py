@@ -19,9 +19,9 @@ small (two levels, 320 channels); SDXL's is full size (2.6 B parameters, `SDXL_U
 and drawn tensor by tensor as the file is written (5 GB in fp16). `SDXL_UNET` and `random_unet_tensor` are
 also what tests/comfy/build_checkpoint.py builds ComfyUI's SDXL test UNet from.
 
-reForge (`ldm_patched/` in its root) also detects a checkpoint by its UNet's shape: there CONTEXT_DIM is 768 or
-1024, and the small UNet comes from A1111's config, written beside the checkpoint, with full-size text encoder and
-VAE (`build_reforge_model`).
+reForge (`ldm_patched/` in its root) also detects a checkpoint by its UNet's shape: there CONTEXT_DIM is 768,
+1024 or 2048, the UNet comes from A1111's config, written beside the checkpoint (small for SD1 and SD2, full size for
+SDXL), with full-size text encoders and VAE (`build_reforge_model`).
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def _superclass(seed: int) -> tuple[str, str]:
 def _save_concept(unet, word: str, out: Path, seed: int, context: torch.Tensor,
                   embeddings: list[torch.Tensor] | None, encoder_layer: str) -> None:
     """A concept for `unet` whose `i*` is token 5 of `context` (the superclass prompt's encoding), with random
-    value targets, and without `embeddings` a random word embedding."""
+    value targets; its word embeddings are `embeddings` moved a little (the word's encoding stays near `i*`, so its
+    gate opens, but is not the superclass's, so global locking changes what K reads), or without them random."""
     import torch
 
     from perfusion_core import Concept, cross_attention_layers, save_concept
@@ -163,7 +164,10 @@ def _save_concept(unet, word: str, out: Path, seed: int, context: torch.Tensor,
     layers = cross_attention_layers(unet)
     width = layers[0].context_dim
     g = torch.Generator().manual_seed(seed)
-    embeddings = embeddings or [torch.randn(width, generator=g) * 0.3]
+    if embeddings is None:
+        embeddings = [torch.randn(width, generator=g) * 0.3]
+    else:
+        embeddings = [e + 0.2 * e.std() * torch.randn(e.shape, generator=g) for e in embeddings]
     i_star = context[5].double()
     c_inv = torch.linalg.inv((context.double().T @ context.double()) / context.shape[0]
                              + 1e-2 * torch.eye(width, dtype=torch.float64))
@@ -179,7 +183,7 @@ def _save_concept(unet, word: str, out: Path, seed: int, context: torch.Tensor,
 
 def write_concept(model, word: str, out: Path, seed: int) -> None:
     """A random concept for A1111's `model` whose `i*` is its superclass's encoding in a short prompt. For SDXL
-    the word's embeddings are the superclass's own, so the word's encoding is `i*` and its gate opens."""
+    the word's embeddings are near the superclass's own, so the word's encoding is near `i*` and its gate opens."""
     import open_clip
     import torch
 
@@ -202,7 +206,7 @@ def write_concept(model, word: str, out: Path, seed: int) -> None:
 def write_clip_concept(unet, encoders: list[tuple], word: str, out: Path, seed: int) -> None:
     """As `write_concept`, for `unet` read by Hugging Face CLIP text models, given as (model, tokenizer) pairs:
     one (SD1, SD2) gives the context of its last layer and a random word embedding; two (SDXL, as Forge reads
-    it) both penultimate layers and the superclass's embeddings."""
+    it) both penultimate layers and the superclass's embeddings (moved a little)."""
     import torch
 
     superclass, prompt = _superclass(seed)
@@ -298,41 +302,52 @@ def build_forge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.nn
     return unet, list(encoders.values())
 
 
-REFORGE = {  # context width -> (A1111 config written beside the checkpoint, reForge's Hugging Face text config)
-    768: ("configs/v1-inference.yaml", "ldm_patched/modules/sd1_clip_config.json"),
+REFORGE = {  # context width -> A1111 config written beside the checkpoint, reForge's text configs by key prefix
+    768: ("configs/v1-inference.yaml", {"cond_stage_model.transformer.": "ldm_patched/modules/sd1_clip_config.json"}),
     1024: ("repositories/stable-diffusion-stability-ai/configs/stable-diffusion/v2-inference.yaml",
-           "ldm_patched/modules/text_encoders/sd2_clip_config.json"),
+           {"cond_stage_model.model.transformer.": "ldm_patched/modules/text_encoders/sd2_clip_config.json"}),
+    2048: ("repositories/generative-models/configs/inference/sd_xl_base.yaml",
+           {"conditioner.embedders.0.transformer.": "ldm_patched/modules/sd1_clip_config.json",
+            "conditioner.embedders.1.model.transformer.": "ldm_patched/modules/clip_config_bigg.json"}),
 }
 
 
 def build_reforge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.nn.Module, list[tuple]]:
-    """A checkpoint reForge detects as SD1 (context 768) or SD2 (1024), in fp16, with its A1111 config beside it.
+    """A checkpoint reForge detects as SD1 (context 768), SD2 (1024) or SDXL (2048), in fp16, with its A1111
+    config beside it.
 
     reForge loads weights with its `ldm_patched` (ComfyUI's model detection: it knows a checkpoint only by its
-    UNet's shape, and builds a full-size text encoder and VAE) and takes the model's structure from the A1111
-    config, guessed from open_clip key names or read from `NAME.yaml`: a small UNet (two levels, 320 channels),
-    a full-size Hugging Face CLIP text model and a full-size VAE."""
+    UNet's shape, and builds full-size text encoders and VAE) and takes the model's structure from the A1111
+    config, guessed from open_clip key names or read from `NAME.yaml`: a small UNet (two levels, 320 channels)
+    for SD1 and SD2, the full-size one for SDXL (on the meta device, drawn as the file is written), full-size
+    Hugging Face CLIP text models and a full-size VAE."""
     import shutil
 
     import torch
     from ldm.util import instantiate_from_config
     from omegaconf import OmegaConf
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    config_file, text_config = REFORGE[context_dim]
+    config_file, text_configs = REFORGE[context_dim]
     shutil.copyfile(config_file, path.with_suffix(".yaml"))
     params = OmegaConf.load(config_file).model.params
-    params.unet_config.params.update(model_channels=320, channel_mult=[1, 2], num_res_blocks=1,
-                                     attention_resolutions=[1, 2], use_checkpoint=False)
     torch.manual_seed(seed)
-    unet = instantiate_from_config(params.unet_config)
+    if context_dim == 2048:
+        params.network_config.params.update(use_checkpoint=False, spatial_transformer_attn_type="softmax")
+        params.first_stage_config.params.ddconfig.attn_type = "vanilla"
+        with torch.device("meta"):
+            unet = instantiate_from_config(params.network_config)
+    else:
+        params.unet_config.params.update(model_channels=320, channel_mult=[1, 2], num_res_blocks=1,
+                                         attention_resolutions=[1, 2], use_checkpoint=False)
+        unet = instantiate_from_config(params.unet_config)
     vae = instantiate_from_config(params.first_stage_config)
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(text_config))
     tokenizer = CLIPTokenizer.from_pretrained("ldm_patched/modules/sd1_tokenizer")
-    prefix = "cond_stage_model.model.transformer." if context_dim == 1024 else "cond_stage_model.transformer."
-    parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae), (prefix, text)]
+    texts = {prefix: (CLIPTextModelWithProjection if "embedders.1" in prefix else CLIPTextModel)(
+        CLIPTextConfig.from_pretrained(config)) for prefix, config in text_configs.items()}
+    parts = [("model.diffusion_model.", unet), ("first_stage_model.", vae), *texts.items()]
     save_checkpoint(path.with_suffix(".safetensors"), parts)
-    return unet, [(text, tokenizer)]
+    return unet, [(text, tokenizer) for text in texts.values()]
 
 
 def main(argv: list[str]) -> None:

@@ -83,12 +83,11 @@ def _write_lora(path: Path, context_dim: int, channels: int) -> None:
 
 
 class Server:
-    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool, reforge: bool) -> None:
+    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool) -> None:
         self.root, self.url = root, f"http://127.0.0.1:{port}"
         self.concepts = root / "models" / "perfusion"
         self.families = families  # of "tiny" (and "tiny2"), and of "wide"
-        self.forge = forge  # Forge's own backend: no lock=global
-        self.reforge = reforge  # reForge: no lock=global, no SDXL test model
+        self.forge = forge  # Forge's own backend
 
     def call(self, path: str, body: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
@@ -128,8 +127,7 @@ def server(request, tmp_path_factory):
     _build(host, root, "tiny", width, 0, concepts=("hugsy", "teddo"))
     _build(host, root, "tiny2", width, 1)
     _build(host, root, "wide", wide, 2)
-    if not reforge:  # no reForge SDXL builder yet (it too would need a full-size UNet)
-        _build(host, root, "xl", 2048, 3, concepts=("xlsy",))  # there with a full-size UNet
+    _build(host, root, "xl", 2048, 3, concepts=("xlsy",))  # Forge, reForge: with a full-size UNet
     _write_lora(root / "models" / "Lora" / "testlora.safetensors", width, channels)
     (root / "extensions").mkdir()
     (root / "extensions" / "perfusion").symlink_to(REPO)
@@ -143,16 +141,17 @@ def server(request, tmp_path_factory):
     (root / "captions.txt").write_text("\n".join(load_captions()[:64]) + "\n")
     env["PERFUSION_CAPTIONS"] = str(root / "captions.txt")
     log = open(root / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
-    # Forge on CPU holds UNets in fp32 (the full-size SDXL one: 10 GB, 18 GB while loading): keep fp16 weights
+    # Forge and reForge on CPU hold UNets in fp32 (the full-size SDXL one: 10 GB, 18 GB while loading): keep fp16
+    # weights
     process = subprocess.Popen(
         [host[1], "launch.py", "--skip-prepare-environment", "--nowebui", "--api", "--server-name",
          "127.0.0.1", "--port", str(port), "--data-dir", str(root), "--ckpt",
          str(root / "models" / "Stable-diffusion" / "tiny.safetensors"), "--no-half", "--use-cpu", "all",
          "--skip-torch-cuda-test", "--no-download-sd-model", "--skip-version-check",
-         *(["--always-cpu", "--unet-in-fp16"] if forge_backend else ["--always-cpu"] if reforge else [])],
+         *(["--always-cpu", "--unet-in-fp16"] if forge_backend or reforge else [])],
         cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend, reforge)
+    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -211,12 +210,6 @@ def test_unknown_concept_stops_the_generation_with_its_name(server, baseline):
 
 def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     prompt = "a photo of hugsy"
-    if server.forge or server.reforge:  # not available there: refused by name
-        status, error = server.call("/sdapi/v1/txt2img", {"prompt": f"<perfusion:hugsy:0.5:lock=global> {prompt}",
-                                                          "steps": 2, "width": 64, "height": 64})
-        assert status == 500 and "lock=global> is not available in Forge" in error["errors"]
-        assert server.generate(prompt)["images"][0] == baseline
-        return
     # strength 0 leaves every projection's input as it is, so only where K reads matters
     local = server.generate(f"<perfusion:hugsy:0.5:strength=0> {prompt}")
     global_ = server.generate(f"<perfusion:hugsy:0.5:strength=0:lock=global> {prompt}")
@@ -313,13 +306,16 @@ def test_model_switch_keeps_working_and_another_base_is_refused(server):
 
 
 def test_sdxl_concept_in_both_text_encoders_changes_the_image_and_leaves_no_trace(server):
-    """An SDXL model (A1111: `sd_xl_base.yaml` with a small UNet and the full OpenCLIP bigG text tower; Forge: full
-    size): the word reaches CLIP-L and CLIP-G, the patch covers every cross-attention layer, nothing stays behind."""
-    if server.reforge:
-        pytest.skip("reForge: no SDXL test model is built (its detection wants a full-size SDXL UNet)")
+    """An SDXL model (A1111: `sd_xl_base.yaml` with a small UNet and the full OpenCLIP bigG text tower; Forge and
+    reForge: full size): the word reaches CLIP-L and CLIP-G, the patch covers every cross-attention layer, nothing stays behind."""
     before = server.generate("a photo of xlsy", model="xl")["images"][0]
     applied = server.generate("<perfusion:xlsy:0.7> a photo of xlsy", model="xl")
     assert applied["images"][0] != before and 'Perfusion: "xlsy:0.70:0.15"' in applied["infotext"]
+    assert server.generate("a photo of xlsy", model="xl")["images"][0] == before
+    # global locking: K reads the prompt encoded with the superclass word in both text encoders
+    local = server.generate("<perfusion:xlsy:0.5:strength=0> a photo of xlsy", model="xl")["images"][0]
+    global_ = server.generate("<perfusion:xlsy:0.5:strength=0:lock=global> a photo of xlsy", model="xl")["images"][0]
+    assert global_ != local
     assert server.generate("a photo of xlsy", model="xl")["images"][0] == before
     status, error = server.call("/sdapi/v1/txt2img", {
         "prompt": "<perfusion:hugsy:0.7> a photo of hugsy", "steps": 2, "width": 64, "height": 64,
@@ -373,8 +369,6 @@ def test_sdxl_training_learns_the_word_in_both_text_encoders(server):
     request = {"word": "xlzor", "superclass": "toy", "images": str(_images_folder(server.root)), "steps": 3,
                "batch_size": 1, "grad_accum": 1, "resolution": 64, "save_every": 3, "preview_every": 3,
                "preview_steps": 2, "gradient_checkpointing": True}
-    if server.reforge:
-        pytest.skip("reForge: no SDXL test model is built (its detection wants a full-size SDXL UNet)")
     keys = ("sd_model_checkpoint", *OFFLINE["xl"])
     before = {key: server.call("/sdapi/v1/options")[1][key] for key in keys}
     assert server.call("/sdapi/v1/options", {"sd_model_checkpoint": "xl", **OFFLINE["xl"]})[0] == 200
