@@ -111,11 +111,9 @@ def _loaded_for_training(sd_model):
 
 def _training_host(sd_model, resolution: int, preview_steps: int) -> A1111Host:
     """The host for the loaded model: Forge's own backend, or A1111's and reForge's."""
-    if not backend.is_forge(sd_model):
-        return A1111Host(sd_model, resolution, preview_steps)
-    if not backend.has_cond_stage_model(sd_model):
+    if backend.is_forge(sd_model) and not backend.has_cond_stage_model(sd_model):
         return ForgeHost(sd_model, resolution, preview_steps)
-    return A1111Host(sd_model, resolution, preview_steps)  # reForge
+    return A1111Host(sd_model, resolution, preview_steps)
 
 
 def train(request: TrainRequest, network: PerfusionNetwork) -> TrainOutcome:
