@@ -68,7 +68,9 @@ class SuperclassContexts:
         def get_learned_conditioning(texts, *args, **kwargs):
             conditioning = encode(texts, *args, **kwargs)
             if torch.is_grad_enabled() or not any(self._pattern.search(t) for t in texts):
-                return conditioning  # training encodes with gradients, and K is not locked there
+                # training (here or in another tab) encodes with gradients: K is not locked there, and kept rows
+                # would hold their graphs
+                return conditioning
             superclass_texts = copy.copy(texts)  # the web UI's prompt list carries the image size
             superclass_texts[:] = [self._pattern.sub(lambda m: self.words[m.group(1)], t) for t in texts]
             self._keep(texts, _crossattn(conditioning), _crossattn(encode(superclass_texts, *args, **kwargs)))

@@ -1,4 +1,4 @@
-"""The loaded model of A1111 or reForge (SD1.x, SD2.x; SDXL in A1111) as a `perfusion_core.train.TrainingHost`,
+"""The loaded model of A1111 or reForge (SD1.x, SD2.x, SDXL) as a `perfusion_core.train.TrainingHost`,
 and what every web UI's training shares: gradients on for the trainer's tensors only."""
 
 from __future__ import annotations

@@ -307,7 +307,8 @@ def test_model_switch_keeps_working_and_another_base_is_refused(server):
 
 def test_sdxl_concept_in_both_text_encoders_changes_the_image_and_leaves_no_trace(server):
     """An SDXL model (A1111: `sd_xl_base.yaml` with a small UNet and the full OpenCLIP bigG text tower; Forge and
-    reForge: full size): the word reaches CLIP-L and CLIP-G, the patch covers every cross-attention layer, nothing stays behind."""
+    reForge: full size): the word reaches CLIP-L and CLIP-G, the patch covers every cross-attention layer, global
+    locking reads both encoders' superclass prompt, nothing stays behind."""
     before = server.generate("a photo of xlsy", model="xl")["images"][0]
     applied = server.generate("<perfusion:xlsy:0.7> a photo of xlsy", model="xl")
     assert applied["images"][0] != before and 'Perfusion: "xlsy:0.70:0.15"' in applied["infotext"]
