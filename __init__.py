@@ -7,14 +7,14 @@ Outside ComfyUI (pytest, AUTOMATIC1111, a plain import) this module defines noth
 WEB_DIRECTORY = "./web"
 
 try:
-    import comfy_api.latest  # noqa: F401
+    import comfy_api.v0_0_2  # noqa: F401
 except ImportError:  # not running inside ComfyUI, or in one older than the node API
     import importlib.util
     import logging
 
     if importlib.util.find_spec("comfy") is not None:
-        logging.getLogger(__name__).error("Perfusion: the nodes need ComfyUI 0.3.47 or newer (comfy_api.latest); "
-                                          "update ComfyUI to use them")
+        logging.getLogger(__name__).error("Perfusion: the nodes need ComfyUI 0.3.48 or newer (its versioned node "
+                                          "API comfy_api.v0_0_2); update ComfyUI to use them")
     __all__ = ["WEB_DIRECTORY"]
 else:
     from .nodes import comfy_entrypoint

@@ -12,11 +12,9 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
 from tests.comfy.graphs import sample_graph, test_concept, write_concept
-from tests.comfy.server import ComfyServer, cache_dir, comfyui_path
+from tests.comfy.server import cache_dir, comfyui_tree, running_server
 
 WORDS = ("hugsy", "wugsy", "bugsy", "mugsy")
 
@@ -33,25 +31,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    if comfyui_path() is None:
+    tree = comfyui_tree()
+    if tree is None:
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter)")
-    with tempfile.TemporaryDirectory(prefix="perfusion-bench-") as base:
-        server = ComfyServer(Path(base), threads=args.threads).start()
-        try:
-            layers = cache_dir() / "models" / "tiny-sd15.layers.json"
-            names = [write_concept(server.perfusion_dir, w, test_concept(layers, w, k)) for k, w in enumerate(WORDS)]
-            prompt = "a photo of " + " and ".join(WORDS)
-            setups = {"no concept": (), "1 concept": names[:1], "4 concepts": names}
-            times: dict[str, list[float]] = {name: [] for name in setups}
-            for repeat in range(args.repeats + 1):  # the first round warms up (loads, caches)
-                for name, chosen in setups.items():
-                    graph = sample_graph(prompt=prompt, seed=repeat + 1, steps=args.steps, size=args.size,
-                                         concepts=tuple({"name": n} for n in chosen), save=False)
-                    entry = server.run(graph)
-                    if repeat:
-                        times[name].append(seconds(entry))
-        finally:
-            server.stop()
+    with running_server(tree, threads=args.threads) as server:
+        layers = cache_dir() / "models" / "tiny-sd15.layers.json"
+        names = [write_concept(server.perfusion_dir, w, test_concept(layers, w, k)) for k, w in enumerate(WORDS)]
+        prompt = "a photo of " + " and ".join(WORDS)
+        setups = {"no concept": (), "1 concept": names[:1], "4 concepts": names}
+        times: dict[str, list[float]] = {name: [] for name in setups}
+        for repeat in range(args.repeats + 1):  # the first round warms up (loads, caches)
+            for name, chosen in setups.items():
+                graph = sample_graph(prompt=prompt, seed=repeat + 1, steps=args.steps, size=args.size,
+                                     concepts=tuple({"name": n} for n in chosen), save=False)
+                entry = server.run(graph)
+                if repeat:
+                    times[name].append(seconds(entry))
     medians = {name: statistics.median(t) for name, t in times.items()}
     base_s = medians["no concept"]
     print(f"ComfyUI KSampler, SD1.5-shaped test checkpoint, {args.size}x{args.size}, {args.steps} steps, "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..perfusion_core import Concept, ConceptUse, IncompatibleConceptError
 from ..perfusion_core.layers import check_text_encoder_layer

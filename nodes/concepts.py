@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..perfusion_core import Concept, ConceptFileError, load_concept
 

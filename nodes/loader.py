@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from .concepts import ConceptType, concept_names, concept_path, describe, read_concept
 

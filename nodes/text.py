@@ -98,18 +98,21 @@ def _named_tokenizers(tokenizer) -> list[tuple[str, object]]:
 
 
 def _embedding_for(tokenizer, concepts: Mapping[str, Concept], index: int, name: str):
-    """`SDTokenizer._try_get_embedding` for a trigger word; other names go to the host's own lookup."""
-    first, _, leftover = name.strip().partition(" ")
-    concept = concepts.get(first.lower())
+    """`SDTokenizer._try_get_embedding` for a trigger word; other names go to the host's own lookup.
+
+    The host parses the name and leftover text itself and only the embedding is replaced, so its result keeps
+    whatever shape that ComfyUI release returns (`(embed, leftover)`, or from 0.27 `(embed, name, leftover)`)."""
+    found = tokenizer._try_get_embedding(name)
+    concept = concepts.get(name.split()[0].lower()) if name.split() else None
     if concept is None:
-        return tokenizer._try_get_embedding(name)
+        return found
     embedding = concept.embeddings[index] if index < len(concept.embeddings) else None
     if embedding is None or embedding.shape[-1] != tokenizer.embedding_size:
         raise IncompatibleConceptError(
             f"concept '{concept.name}' has no word embedding for this text encoder ({tokenizer.embedding_size} wide): "
             f"it was trained for {concept.family}; use a {concept.family} checkpoint"
         )
-    return embedding, leftover.strip()
+    return (embedding, *found[1:])
 
 
 def _encode_with_superclass(model: nn.Module, tokens: dict):

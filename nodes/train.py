@@ -8,7 +8,7 @@ import re
 import comfy.model_management
 import comfy.utils
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 from PIL import Image
 from server import PromptServer
 from torch import Tensor

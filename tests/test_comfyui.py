@@ -6,34 +6,28 @@ Images are compared bit for bit, always between runs that really executed at the
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from .comfy.graphs import fresh, render
-from .comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_path
+from .comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_trees, running_server
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(comfyui_path() is None, reason="set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI tests"),
+    pytest.mark.skipif(not comfyui_trees(), reason="set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI tests"),
 ]
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=comfyui_trees(), ids=str)
+def server(request):
     from .comfy.graphs import test_concept, write_concept
 
-    with tempfile.TemporaryDirectory(prefix="perfusion-comfyui-") as base:
-        s = ComfyServer(Path(base)).start()
-        try:
-            layers = cache_dir() / "models" / "tiny-sd15.layers.json"
-            for word, seed in (("hugsy", 0), ("wugsy", 1)):
-                write_concept(s.perfusion_dir, word, test_concept(layers, word, seed))
-            write_concept(s.perfusion_dir, "xlsy", test_concept(layers, "xlsy", 2, family="sdxl"))
-            yield s
-        finally:
-            s.stop()
+    with running_server(request.param) as s:
+        layers = cache_dir() / "models" / "tiny-sd15.layers.json"
+        for word, seed in (("hugsy", 0), ("wugsy", 1)):
+            write_concept(s.perfusion_dir, word, test_concept(layers, word, seed))
+        write_concept(s.perfusion_dir, "xlsy", test_concept(layers, "xlsy", 2, family="sdxl"))
+        yield s
 
 
 HUGSY = {"name": "hugsy.safetensors"}

@@ -15,12 +15,11 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from .comfy.server import PACK_NAME, ComfyServer, cache_dir, comfyui_path
+from .comfy.server import PACK_NAME, cache_dir, comfyui_trees, running_server
 
 WAIT_MS = 300_000  # a 2-core machine shared with other jobs: the first page load can be slow
 
@@ -36,7 +35,7 @@ def chromium_path() -> str | None:
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(comfyui_path() is None,
+    pytest.mark.skipif(not comfyui_trees(),
                        reason="set COMFYUI_PATH to a ComfyUI checkout to run the browser tests"),
     pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
                        reason="Playwright's Python package is missing (pip install -r requirements-dev.txt)"),
@@ -73,23 +72,19 @@ def png_data_url(size: int = 64, colours=((200, 40, 40), (240, 200, 40))) -> str
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=comfyui_trees(), ids=str)
+def server(request):
     from .comfy.graphs import test_concept, write_concept
 
-    with tempfile.TemporaryDirectory(prefix="comfy-browser-") as base:
-        s = ComfyServer(Path(base)).start(timeout=600)
-        try:
-            layers = cache_dir() / "models" / "tiny-sd15.layers.json"
-            for word, seed in (("hugsy", 0), ("wugsy", 1)):
-                concept = dataclasses.replace(test_concept(layers, word, seed), thumbnail=png_data_url(),
-                                              training={"steps": "400", "images": "5"})
-                write_concept(s.perfusion_dir, word, concept)
-            s.post("/settings/Comfy.TutorialCompleted", True)  # no "Get started with a template" dialog
-            s.post("/settings/Comfy.Minimap.Visible", False)  # nothing over the nodes in the screenshots
-            yield s
-        finally:
-            s.stop()
+    with running_server(request.param, timeout=600) as s:
+        layers = cache_dir() / "models" / "tiny-sd15.layers.json"
+        for word, seed in (("hugsy", 0), ("wugsy", 1)):
+            concept = dataclasses.replace(test_concept(layers, word, seed), thumbnail=png_data_url(),
+                                          training={"steps": "400", "images": "5"})
+            write_concept(s.perfusion_dir, word, concept)
+        s.post("/settings/Comfy.TutorialCompleted", True)  # no "Get started with a template" dialog
+        s.post("/settings/Comfy.Minimap.Visible", False)  # nothing over the nodes in the screenshots
+        yield s
 
 
 @pytest.fixture(scope="module")

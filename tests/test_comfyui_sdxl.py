@@ -9,36 +9,30 @@ VAELoader. Images are 64×64 pixels, two sampling steps.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from .comfy.graphs import fresh, render
-from .comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_path
+from .comfy.server import ComfyError, cache_dir, comfyui_trees, running_server
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(comfyui_path() is None, reason="set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI tests"),
+    pytest.mark.skipif(not comfyui_trees(), reason="set COMFYUI_PATH to a ComfyUI checkout to run the ComfyUI tests"),
     pytest.mark.skipif(os.environ.get("COMFYUI_SDXL") != "1",
                        reason="set COMFYUI_SDXL=1 as well to run the full-size SDXL tests (about 14 GB of memory)"),
 ]
 SDXL = {"sdxl": True, "steps": 2}
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=comfyui_trees(), ids=str)
+def server(request):
     from .comfy.graphs import test_concept, write_concept
 
-    with tempfile.TemporaryDirectory(prefix="perfusion-comfyui-sdxl-") as base:
-        s = ComfyServer(Path(base), threads=2, sdxl=True).start()
-        try:
-            models = cache_dir() / "models"
-            write_concept(s.perfusion_dir, "hugsy", test_concept(models / "sdxl.layers.json", "hugsy", 0, family="sdxl"))
-            write_concept(s.perfusion_dir, "sdsy", test_concept(models / "tiny-sd15.layers.json", "sdsy", 1))
-            yield s
-        finally:
-            s.stop()
+    with running_server(request.param, threads=2, sdxl=True) as s:
+        models = cache_dir() / "models"
+        write_concept(s.perfusion_dir, "hugsy", test_concept(models / "sdxl.layers.json", "hugsy", 0, family="sdxl"))
+        write_concept(s.perfusion_dir, "sdsy", test_concept(models / "tiny-sd15.layers.json", "sdsy", 1))
+        yield s
 
 
 def test_sdxl_concept_changes_the_image_and_leaves_no_trace(server):

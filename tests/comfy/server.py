@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +24,41 @@ REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "perfusion"
 
 
-def comfyui_path() -> Path | None:
-    path = os.environ.get("COMFYUI_PATH")
-    return Path(path).resolve() if path else None
+@dataclass(frozen=True)
+class ComfyTree:
+    """One ComfyUI checkout and the Python that runs it."""
+
+    root: Path
+    python: str
+
+    @property
+    def version(self) -> str:
+        match = re.search(r'__version__ = "([^"]+)"', (self.root / "comfyui_version.py").read_text())
+        return match.group(1) if match else "unknown"
+
+    def __str__(self) -> str:
+        return f"comfyui-{self.version}"
 
 
-def comfyui_python() -> str:
-    return os.environ.get("COMFYUI_PYTHON", sys.executable)
+def comfyui_trees() -> list[ComfyTree]:
+    """The ComfyUI checkouts listed in `COMFYUI_PATH` (separated by `os.pathsep`). Each runs with the matching
+    entry of `COMFYUI_PYTHON` (as many entries as trees), else its own `.venv` or `venv`, else this Python."""
+    roots = [Path(p).resolve() for p in os.environ.get("COMFYUI_PATH", "").split(os.pathsep) if p]
+    pythons = [p for p in os.environ.get("COMFYUI_PYTHON", "").split(os.pathsep) if p]
+    if pythons and len(pythons) != len(roots):
+        raise ValueError(f"COMFYUI_PYTHON lists {len(pythons)} interpreters for {len(roots)} trees in COMFYUI_PATH: "
+                         "give one per tree, or none (each tree's .venv is used)")
+    trees = []
+    for k, root in enumerate(roots):
+        own = [root / env / "bin" / "python" for env in (".venv", "venv") if (root / env / "bin" / "python").is_file()]
+        trees.append(ComfyTree(root, pythons[k] if pythons else str(own[0]) if own else sys.executable))
+    return trees
+
+
+def comfyui_tree() -> ComfyTree | None:
+    """The first tree of `COMFYUI_PATH`, for tools that run on one."""
+    trees = comfyui_trees()
+    return trees[0] if trees else None
 
 
 def cache_dir() -> Path:
@@ -36,16 +68,16 @@ def cache_dir() -> Path:
     return path
 
 
-def test_checkpoint(sdxl: bool = False) -> Path:
+def test_checkpoint(tree: ComfyTree, sdxl: bool = False) -> Path:
     """The folder of the random-weight SD1.5-shaped checkpoint and its LoRAs, or with `sdxl` also of the SDXL
-    files (built once with ComfyUI's own classes)."""
+    files (built once, with the classes of `tree`, and shared by every tree)."""
     target = cache_dir() / "models"
     builds = [("tiny-sd15.safetensors", [])] + ([("sdxl-unet.safetensors", ["--sdxl"])] if sdxl else [])
     for name, flags in builds:
         if not (target / name).is_file():
-            env = {**os.environ, "PYTHONPATH": str(comfyui_path())}
-            subprocess.run([comfyui_python(), str(Path(__file__).with_name("build_checkpoint.py")), str(target),
-                            *flags], cwd=comfyui_path(), env=env, check=True, timeout=1200)
+            env = {**os.environ, "PYTHONPATH": str(tree.root)}
+            subprocess.run([tree.python, str(Path(__file__).with_name("build_checkpoint.py")), str(target), *flags],
+                           cwd=tree.root, env=env, check=True, timeout=1200)
     return target
 
 
@@ -65,8 +97,9 @@ class ComfyError(RuntimeError):
 
 @dataclass
 class ComfyServer:
-    """One ComfyUI process on 127.0.0.1 with a throwaway base directory."""
+    """One ComfyUI process of `tree` on 127.0.0.1 with a throwaway base directory."""
 
+    tree: ComfyTree
     base: Path
     port: int = field(default_factory=free_port)
     threads: int = 1
@@ -94,7 +127,7 @@ class ComfyServer:
         link = self.base / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
-        models = test_checkpoint(self.sdxl)
+        models = test_checkpoint(self.tree, self.sdxl)
         files = {"checkpoints": ("tiny-sd15.safetensors",), "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors")}
         if self.sdxl:
             files |= SDXL_FILES
@@ -108,10 +141,10 @@ class ComfyServer:
                "PERFUSION_CACHE": str(cache_dir() / "second-moments")}
         script = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); sys.argv = ['main.py', *sys.argv[2:]]; "
                   "sys.path.insert(0, '.'); import runpy; runpy.run_path('main.py', run_name='__main__')")
-        args = [comfyui_python(), "-c", script, str(self.threads), "--cpu", "--listen", "127.0.0.1",
+        args = [self.tree.python, "-c", script, str(self.threads), "--cpu", "--listen", "127.0.0.1",
                 "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
                 "--preview-method", "none"]
-        self.process = subprocess.Popen(args, cwd=comfyui_path(), env=env, stdout=self.log.open("wb"),
+        self.process = subprocess.Popen(args, cwd=self.tree.root, env=env, stdout=self.log.open("wb"),
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -185,6 +218,17 @@ class ComfyServer:
 
     def free(self) -> None:
         self.post("/free", {"unload_models": True, "free_memory": True})
+
+
+@contextmanager
+def running_server(tree: ComfyTree, timeout: float = 120, **options) -> Iterator[ComfyServer]:
+    """A started `ComfyServer` of `tree` in a throwaway base directory, stopped (and the directory removed) after."""
+    with tempfile.TemporaryDirectory(prefix="perfusion-comfyui-") as base:
+        server = ComfyServer(tree, Path(base), **options).start(timeout)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def _link(source: Path, target: Path) -> None:

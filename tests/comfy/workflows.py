@@ -7,7 +7,6 @@ one on the test checkpoint. Their `.jpg` thumbnails come from the toy model (`py
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from .graphs import CHECKPOINT, sample_graph, train_graph
@@ -142,17 +141,13 @@ def for_test(graph: dict) -> dict:
 
 def _write_examples() -> None:
     """Write the workflows in the UI format of the ComfyUI at COMFYUI_PATH (thumbnails: `toyworld.thumbnails`)."""
-    from .server import ComfyServer
+    from .server import comfyui_tree, running_server
 
     EXAMPLES.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="perfusion-examples-") as base:
-        server = ComfyServer(Path(base)).start()
-        try:
-            info = server.get("/object_info")
-            for name, graph in example_graphs().items():
-                (EXAMPLES / f"{name}.json").write_text(json.dumps(to_ui(graph, info), indent=1) + "\n")
-        finally:
-            server.stop()
+    with running_server(comfyui_tree()) as server:
+        info = server.get("/object_info")
+        for name, graph in example_graphs().items():
+            (EXAMPLES / f"{name}.json").write_text(json.dumps(to_ui(graph, info), indent=1) + "\n")
 
 
 if __name__ == "__main__":
