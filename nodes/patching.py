@@ -90,12 +90,15 @@ def _carry_superclass(executor: Callable, *args, **kwargs):
 def _set_global_lock(clone, enabled: bool) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     clone.remove_wrappers_with_key(kind, ATTACHMENT)
-    patches = clone.model_options["transformer_options"].get("patches", {})
-    if _superclass_keys in patches.get("attn2_patch", []):
-        patches["attn2_patch"] = [p for p in patches["attn2_patch"] if p is not _superclass_keys]
+    patches = clone.model_options["transformer_options"].setdefault("patches", {})
+    # ours first, so that other attn2 patches (a hypernetwork) transform the superclass prompt as they do the prompt
+    attn2 = [_superclass_keys] * enabled + [p for p in patches.get("attn2_patch", []) if p is not _superclass_keys]
+    if attn2:
+        patches["attn2_patch"] = attn2
+    else:
+        patches.pop("attn2_patch", None)
     if enabled:
         clone.add_wrapper_with_key(kind, ATTACHMENT, _carry_superclass)
-        clone.set_model_attn2_patch(_superclass_keys)
 
 
 def apply_uses(model, uses: Sequence[ConceptUse]):

@@ -54,18 +54,74 @@ def test_apply_changes_the_image_and_leaves_no_trace(server):
     assert fresh(server) == before
 
 
-@pytest.mark.parametrize("apply_first", [False, True], ids=["lora-then-apply", "apply-then-lora"])
-def test_lora_and_concept_equal_the_patch_on_merged_weights(server, apply_first):
+@pytest.mark.parametrize("order", [("loras", "concepts"), ("concepts", "loras")], ids=["lora-then-apply",
+                                                                                      "apply-then-lora"])
+def test_lora_and_concept_in_every_load_sequence(server, order):
+    """The load sequences in which ComfyUI dropped or leaked LoRA weights of patched layers (shared/docs/comfyui.md):
+    each LoRA + concept run equals the patch on LoRA-merged weights, and the plain runs after it are unchanged."""
     lora = ("tiny-lora-a.safetensors",)
     reference = merged_reference(server)
+    plain = fresh(server)
     plain_lora = fresh(server, loras=lora)
-    # right after a plain LoRA run, after /free, and right after a run with another LoRA
-    assert render(server, loras=lora, concepts=(HUGSY,), apply_first=apply_first) == reference
-    assert fresh(server, loras=lora, concepts=(HUGSY,), apply_first=apply_first) == reference
+    assert plain_lora != plain and reference != render(server, concepts=(HUGSY,))  # the LoRA shows, concept or not
+    # right after a plain LoRA run (apply-then-lora: the patch node before the LoRA)
+    assert render(server, loras=lora, concepts=(HUGSY,), order=order) == reference
+    # after /free: every model loaded anew
+    assert fresh(server, loras=lora, concepts=(HUGSY,), order=order) == reference
+    # a plain LoRA run after that: nothing of the patch stays in the weights
     assert render(server, loras=lora) == plain_lora
+    # right after a run with another LoRA
     render(server, loras=("tiny-lora-b.safetensors",))
-    assert render(server, loras=lora, concepts=(HUGSY,), apply_first=apply_first) == reference
+    assert render(server, loras=lora, concepts=(HUGSY,), order=order) == reference
     assert render(server, loras=lora) == plain_lora
+    assert render(server) == plain
+
+
+def test_apply_with_a_controlnet_in_one_graph(server):
+    plain = fresh(server)
+    concept = render(server, concepts=(HUGSY,))
+    control = render(server, controlnet=True)
+    both = render(server, concepts=(HUGSY,), controlnet=True)
+    assert len({plain, concept, control, both}) == 4  # the ControlNet and the concept each change the image
+    assert fresh(server, concepts=(HUGSY,), controlnet=True) == both
+    assert render(server, controlnet=True) == control
+    assert render(server) == plain
+
+
+@pytest.mark.parametrize("lock", ["local", "global"])
+def test_apply_with_another_attn2_patch_in_one_graph(server, lock):
+    """A hypernetwork (ComfyUI's HypernetworkLoader, an attn1/attn2 patch of K and V inputs) beside a concept: both
+    apply, in either node order alike, and leave nothing behind."""
+    use = {**HUGSY, "lock": lock}
+    plain = fresh(server)
+    hyper = render(server, hypernetwork=True)
+    concept = render(server, concepts=(use,))
+    both = render(server, concepts=(use,), hypernetwork=True)
+    assert len({plain, hyper, concept, both}) == 4
+    assert render(server, concepts=(use,), hypernetwork=True, order=("hypernetwork", "concepts")) == both
+    assert render(server, hypernetwork=True) == hyper
+    assert render(server) == plain
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated", "pickle"])
+def test_a_corrupt_concept_file_gives_a_clear_error_and_the_server_keeps_working(server, content):
+    import json
+    import pickle
+    import urllib.error
+
+    name = f"broken-{content}.safetensors"
+    good = (server.perfusion_dir / "hugsy.safetensors").read_bytes()
+    data = {"garbage": b"\x13" * 2048, "truncated": good[: len(good) // 2],
+            "pickle": pickle.dumps({"i_star": list(range(768))})}[content]
+    (server.perfusion_dir / name).write_bytes(data)
+    plain, applied = fresh(server), render(server, concepts=(HUGSY,))
+    with pytest.raises(ComfyError) as error:
+        render(server, concepts=({"name": name},))
+    assert "ConceptFileError" in str(error.value) and name in str(error.value), error.value
+    with pytest.raises(urllib.error.HTTPError) as route:  # what the loader node shows in the UI
+        server.get(f"/perfusion/concept?name={name}")
+    assert route.value.code == 404 and name in json.loads(route.value.read())["error"]
+    assert render(server) == plain and render(server, concepts=(HUGSY,)) == applied
 
 
 _merged: dict[int, str] = {}

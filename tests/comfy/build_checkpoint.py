@@ -1,8 +1,8 @@
 """Build random-weight test models with ComfyUI's own classes.
 
 Run with ComfyUI's interpreter from its folder: `python build_checkpoint.py OUT_DIR` writes
-`OUT_DIR/tiny-sd15.safetensors` (a small SD1.5-shaped checkpoint), `OUT_DIR/tiny-lora-a.safetensors` and
-`OUT_DIR/tiny-lora-b.safetensors`; `python build_checkpoint.py OUT_DIR --sdxl` writes a full-size SDXL UNet
+`OUT_DIR/tiny-sd15.safetensors` (a small SD1.5-shaped checkpoint), two LoRAs, a ControlNet and a hypernetwork
+for it (the files of `graphs.SD1_FILES`); `python build_checkpoint.py OUT_DIR --sdxl` writes a full-size SDXL UNet
 (ComfyUI knows SDXL only by its real shapes: 2.6 B parameters, 5 GB in fp16), its two CLIP text encoders and a
 TAESD VAE, as separate files for UNETLoader, DualCLIPLoader and VAELoader. The SDXL UNet's arguments and the
 random UNet weights are shared with the Forge builder (tests/test_a1111_model.py).
@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 args.cpu = True  # before comfy.model_management is imported: no accelerator is probed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for what Forge's builder shares
 
+import comfy.cldm.cldm  # noqa: E402
 import comfy.ops  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
 import comfy.sdxl_clip  # noqa: E402
@@ -52,14 +53,16 @@ def randomize_clip(clip: torch.nn.Module) -> None:
                 p.zero_()
 
 
+TINY_UNET = dict(
+    image_size=32, in_channels=4, model_channels=320, num_res_blocks=[1, 1], channel_mult=[1, 2], num_heads=8,
+    use_spatial_transformer=True, transformer_depth=[1, 1], context_dim=768, use_linear_in_transformer=False,
+    transformer_depth_middle=1, operations=comfy.ops.disable_weight_init,
+)
+"""A small UNet that ComfyUI detects as SD1.x: model_channels 320, context 768."""
+
+
 def unet_state() -> dict[str, torch.Tensor]:
-    """A small UNet that ComfyUI detects as SD1.x: model_channels 320, context 768."""
-    unet = UNetModel(
-        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1, 1],
-        channel_mult=[1, 2], num_heads=8, use_spatial_transformer=True, transformer_depth=[1, 1],
-        context_dim=768, use_linear_in_transformer=False, transformer_depth_output=[1, 1, 1, 1],
-        transformer_depth_middle=1, operations=comfy.ops.disable_weight_init,
-    )
+    unet = UNetModel(out_channels=4, transformer_depth_output=[1, 1, 1, 1], **TINY_UNET)
     randomize_unet(unet)
     LAYERS.update(attn2_widths(unet))
     return {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
@@ -102,6 +105,24 @@ def lora_state(unet_keys: list[str], seed: int, rank: int = 4) -> dict[str, torc
     return out
 
 
+def controlnet_state() -> dict[str, torch.Tensor]:
+    """A random ControlNet for the tiny UNet, in the original `control_model.` layout (detected as SD1.x)."""
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, **TINY_UNET)
+    randomize_unet(net)
+    return {f"control_model.{k}": v.half() for k, v in net.state_dict().items()}
+
+
+def hypernetwork_state(seed: int = 3) -> dict:
+    """A hypernetwork for context width 768 (two linear layers each for K and V), in the format ComfyUI reads."""
+    g = torch.Generator().manual_seed(seed)
+
+    def side() -> dict[str, torch.Tensor]:
+        return {f"linear.{k}.{kind}": torch.randn(*shape, generator=g) * 0.02
+                for k, (a, b) in enumerate(((768, 192), (192, 768))) for kind, shape in (("weight", (b, a)), ("bias", (b,)))}
+
+    return {768: [side(), side()], "activation_func": "relu", "is_layer_norm": False}
+
+
 def write_sdxl(target: Path) -> None:
     """The full-size SDXL UNet (fp16), CLIP-L and CLIP-G in Hugging Face layout, and a TAESD VAE."""
     unet = UNetModel(image_size=32, **SDXL_UNET, legacy=False, dtype=torch.float16,
@@ -132,5 +153,7 @@ if __name__ == "__main__":
     save_file(half, str(target / "tiny-sd15.safetensors.tmp"))
     for seed, name in ((1, "a"), (2, "b")):
         save_file(lora_state(list(STATE), seed), str(target / f"tiny-lora-{name}.safetensors"))
+    save_file(controlnet_state(), str(target / "tiny-controlnet.safetensors"))
+    torch.save(hypernetwork_state(), target / "tiny-hypernetwork.pt")  # ComfyUI reads hypernetworks from .pt only
     (target / "tiny-sd15.layers.json").write_text(json.dumps(LAYERS))
     (target / "tiny-sd15.safetensors.tmp").rename(target / "tiny-sd15.safetensors")

@@ -14,6 +14,8 @@ from perfusion_core import Concept, save_concept
 from .server import ComfyServer
 
 CHECKPOINT = "tiny-sd15.safetensors"
+SD1_FILES = {"checkpoints": (CHECKPOINT,), "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors"),
+             "controlnet": ("tiny-controlnet.safetensors",), "hypernetworks": ("tiny-hypernetwork.pt",)}
 SDXL_FILES = {"diffusion_models": ("sdxl-unet.safetensors",), "vae": ("sdxl-taesd.safetensors",),
               "text_encoders": ("sdxl-clip-l.safetensors", "sdxl-clip-g.safetensors")}  # models/ folder: files
 
@@ -39,11 +41,16 @@ def write_concept(folder: Path, name: str, concept: Concept) -> str:
     return f"{name}.safetensors"
 
 
+MODEL_STAGES = ("loras", "concepts", "hypernetwork")
+
+
 def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, steps: int = 4, size: int = 64,
-                 loras: tuple[str, ...] = (), concepts: tuple[dict, ...] = (), apply_first: bool = False,
-                 negative: str = "", save: bool = True, checkpoint: str = CHECKPOINT, sdxl: bool = False) -> dict:
-    """Checkpoint (or, with `sdxl`, the SDXL UNet, CLIP pair and VAE files) → (LoRAs, Apply Perfusion nodes, in
-    the order asked) → encode → KSampler → decode → save."""
+                 loras: tuple[str, ...] = (), concepts: tuple[dict, ...] = (), order: tuple[str, ...] = MODEL_STAGES,
+                 hypernetwork: bool = False, controlnet: bool = False, negative: str = "", save: bool = True,
+                 checkpoint: str = CHECKPOINT, sdxl: bool = False) -> dict:
+    """Checkpoint (or, with `sdxl`, the SDXL UNet, CLIP pair and VAE files) → LoRAs, Apply Perfusion nodes and the
+    test hypernetwork (each stage if asked for, in `order`) → encode (→ the test ControlNet on a flat hint image)
+    → KSampler → decode → save."""
     if sdxl:
         g: dict[str, dict] = {
             "unet": {"class_type": "UNETLoader",
@@ -74,13 +81,30 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
                 "tau": c.get("tau", 0.15), "strength": c.get("strength", 1.0), "lock": c.get("lock", "local")}}
             model, clip = [f"apply{k}", 0], [f"apply{k}", 1]
 
-    for step in ((add_concepts, add_loras) if apply_first else (add_loras, add_concepts)):
-        step()
+    def add_hypernetwork():
+        nonlocal model
+        if hypernetwork:
+            g["hyper"] = {"class_type": "HypernetworkLoader", "inputs": {
+                "model": model, "hypernetwork_name": SD1_FILES["hypernetworks"][0], "strength": 1.0}}
+            model = ["hyper", 0]
+
+    stages = {"loras": add_loras, "concepts": add_concepts, "hypernetwork": add_hypernetwork}
+    for stage in order:
+        stages[stage]()
     g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt}}
     g["neg"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": negative}}
+    positive, negative_cond = ["pos", 0], ["neg", 0]
+    if controlnet:
+        g["cnet"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": SD1_FILES["controlnet"][0]}}
+        g["hint"] = {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                            "color": 0xC08040}}
+        g["control"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": positive, "negative": negative_cond, "control_net": ["cnet", 0], "image": ["hint", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+        positive, negative_cond = ["control", 0], ["control", 1]
     g["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}}
     g["sample"] = {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+        "model": model, "positive": positive, "negative": negative_cond, "latent_image": ["latent", 0],
         "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
     g["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": vae}}
     g["save"] = {"class_type": "SaveImage" if save else "PreviewImage",

@@ -69,12 +69,14 @@ def cache_dir() -> Path:
 
 
 def test_checkpoint(tree: ComfyTree, sdxl: bool = False) -> Path:
-    """The folder of the random-weight SD1.5-shaped checkpoint and its LoRAs, or with `sdxl` also of the SDXL
-    files (built once, with the classes of `tree`, and shared by every tree)."""
+    """The folder of the random-weight SD1.5-shaped checkpoint and what goes with it (`graphs.SD1_FILES`), or with
+    `sdxl` also of the SDXL files (built once, with the classes of `tree`, and shared by every tree)."""
+    from .graphs import SD1_FILES, SDXL_FILES
+
     target = cache_dir() / "models"
-    builds = [("tiny-sd15.safetensors", [])] + ([("sdxl-unet.safetensors", ["--sdxl"])] if sdxl else [])
-    for name, flags in builds:
-        if not (target / name).is_file():
+    builds = [(SD1_FILES, [])] + ([(SDXL_FILES, ["--sdxl"])] if sdxl else [])
+    for files, flags in builds:
+        if not all((target / name).is_file() for names in files.values() for name in names):
             env = {**os.environ, "PYTHONPATH": str(tree.root)}
             subprocess.run([tree.python, str(Path(__file__).with_name("build_checkpoint.py")), str(target), *flags],
                            cwd=tree.root, env=env, check=True, timeout=1200)
@@ -119,18 +121,15 @@ class ComfyServer:
         return self.base / "models" / "perfusion"
 
     def prepare(self) -> None:
-        from .graphs import SDXL_FILES
+        from .graphs import SD1_FILES, SDXL_FILES
 
-        for sub in ("custom_nodes", "models/checkpoints", "models/loras", "models/perfusion", "input", "output",
-                    *(f"models/{folder}" for folder in SDXL_FILES)):
+        files = {**SD1_FILES, **(SDXL_FILES if self.sdxl else {})}
+        for sub in ("custom_nodes", "models/perfusion", "input", "output", *(f"models/{folder}" for folder in files)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         link = self.base / "custom_nodes" / PACK_NAME
         if not link.exists():
             link.symlink_to(REPO, target_is_directory=True)
         models = test_checkpoint(self.tree, self.sdxl)
-        files = {"checkpoints": ("tiny-sd15.safetensors",), "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors")}
-        if self.sdxl:
-            files |= SDXL_FILES
         for folder, names in files.items():
             for name in names:
                 _link(models / name, self.base / "models" / folder / name)
