@@ -15,5 +15,5 @@ def register_routes() -> None:
         name = request.query.get("name", "")
         try:
             return web.json_response(describe(read_concept(name), name))
-        except PerfusionError as e:
-            return web.json_response({"error": str(e)}, status=404)
+        except PerfusionError as e:  # a missing or damaged file is an answer the loader shows, not a failed request
+            return web.json_response({"error": str(e)})

@@ -9,7 +9,6 @@ import comfy.model_management
 import comfy.utils
 import torch
 from comfy_api.v0_0_2 import io
-from PIL import Image
 from server import PromptServer
 from torch import Tensor
 
@@ -176,7 +175,6 @@ class Report:
         self.node_id, self.steps = node_id, steps
         self.bar = comfy.utils.ProgressBar(steps, node_id=node_id)
         self.losses: list[float] = []  # the trainer's own list: a resumed run shows its earlier steps too
-        self.latest: Image.Image | None = None
 
     def _send(self, **data) -> None:
         server = PromptServer.instance
@@ -194,14 +192,13 @@ class Report:
     def step(self, info: StepInfo) -> None:
         log.info("Train Perfusion step %d/%d: loss %.4f, %.1f s, %.0f s left", info.step, info.steps, info.loss,
                  info.elapsed, info.eta)
-        preview = ("JPEG", self.latest, 512) if self.latest is not None else None
-        self.bar.update_absolute(info.step, info.steps, preview)
+        self.bar.update_absolute(info.step, info.steps)
         self._send(phase="training", step=info.step, steps=info.steps, loss=info.loss, losses=self.losses,
                    eta=info.eta)
 
     def preview(self, step: int, images: Tensor) -> None:
         grid = preview_grid(images)
-        self.latest = to_pil(grid)
+        self.bar.update_absolute(step, self.steps, ("JPEG", to_pil(grid), 512))  # ComfyUI's own node preview
         self._send(phase="preview", step=step, image=data_url(grid, max_side=512))
 
     @staticmethod

@@ -105,9 +105,7 @@ def test_apply_with_another_attn2_patch_in_one_graph(server, lock):
 
 @pytest.mark.parametrize("content", ["garbage", "truncated", "pickle"])
 def test_a_corrupt_concept_file_gives_a_clear_error_and_the_server_keeps_working(server, content):
-    import json
     import pickle
-    import urllib.error
 
     name = f"broken-{content}.safetensors"
     good = (server.perfusion_dir / "hugsy.safetensors").read_bytes()
@@ -118,9 +116,7 @@ def test_a_corrupt_concept_file_gives_a_clear_error_and_the_server_keeps_working
     with pytest.raises(ComfyError) as error:
         render(server, concepts=({"name": name},))
     assert "ConceptFileError" in str(error.value) and name in str(error.value), error.value
-    with pytest.raises(urllib.error.HTTPError) as route:  # what the loader node shows in the UI
-        server.get(f"/perfusion/concept?name={name}")
-    assert route.value.code == 404 and name in json.loads(route.value.read())["error"]
+    assert name in server.get(f"/perfusion/concept?name={name}")["error"]  # what the loader node shows in the UI
     assert render(server) == plain and render(server, concepts=(HUGSY,)) == applied
 
 

@@ -265,6 +265,19 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
     p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
                         ".includes('trigger: wugsy')", timeout=60_000)
 
+    # a damaged file: the loader says what is wrong instead of showing stale metadata
+    choose = f"""(name) => {{ const w = app.graph.getNodeById({loader_id}).widgets.find((w) => w.name === "concept_name");
+                             w.value = name; w.callback?.(w.value); }}"""
+    hugsy = (server.perfusion_dir / "hugsy.safetensors").read_bytes()
+    (server.perfusion_dir / "broken.safetensors").write_bytes(hugsy[: len(hugsy) // 2])
+    p.evaluate(choose, "broken.safetensors")
+    p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
+                        ".includes('broken.safetensors is not a valid safetensors file')", timeout=60_000)
+    assert not p.evaluate(DOM_STATE, [loader_id, "concept_info"])["images"][0]["shown"]
+    p.evaluate(choose, "wugsy.safetensors")
+    p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
+                        ".includes('trigger: wugsy')", timeout=60_000)
+
     # the trainer's view follows the perfusion.train messages: status line, loss chart, latest preview
     trainer = p.evaluate(DOM_STATE, [train_id, "training"])
     assert trainer["connected"] and trainer["visible"] and trainer["text"].strip() == "not started", trainer
@@ -283,6 +296,36 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
         assert state["connected"] and state["visible"], state
         assert state["scrollHeight"] <= state["clientHeight"] + 2, (name, state)
 
+    page.assert_no_errors_from_us()
+
+
+LISTEN = """() => {
+  window.perfusionSeen = [];
+  for (const type of ["b_preview", "b_preview_with_metadata", "perfusion.train"]) {
+    app.api.addEventListener(type, ({detail}) => window.perfusionSeen.push({
+      type, node: detail?.nodeId ?? detail?.node ?? null, phase: detail?.phase ?? null,
+      bytes: (detail?.blob ?? detail)?.size ?? null, mime: (detail?.blob ?? detail)?.type ?? null}));
+  }
+  return app.api.clientId;
+}"""
+
+
+def test_training_shows_live_previews_through_comfyuis_own_preview(server, page):
+    """A real Train Perfusion run queued for this page: each preview reaches it as ComfyUI's own node preview
+    (the binary preview messages KSampler's previews use) as well as in the node's perfusion.train messages."""
+    from .comfy.graphs import train_graph, write_training_images
+
+    images = write_training_images(server.base / "input")
+    p = page.page
+    client_id = p.evaluate(LISTEN)
+    server.wait(server.submit(train_graph(images, "live", steps=2, preview_every=1), client_id=client_id))
+    p.wait_for_function("() => window.perfusionSeen.filter((e) => e.type === 'b_preview').length >= 2",
+                        timeout=60_000)
+    seen = p.evaluate("() => window.perfusionSeen")
+    previews = [e for e in seen if e["type"] == "b_preview"]
+    assert len(previews) == 2 and all(e["mime"] == "image/jpeg" and e["bytes"] > 300 for e in previews), seen
+    assert all(e["node"] == "train" for e in seen if e["type"] == "b_preview_with_metadata"), seen
+    assert [e["phase"] for e in seen if e["type"] == "perfusion.train"].count("preview") == 2, seen
     page.assert_no_errors_from_us()
 
 

@@ -180,9 +180,11 @@ class ComfyServer:
     def post(self, path: str, body: dict) -> bytes:
         return self.request(path, body)
 
-    def submit(self, graph: dict) -> str:
+    def submit(self, graph: dict, client_id: str | None = None) -> str:
+        """Queue `graph`; with `client_id` the server sends its progress and previews to that client's socket."""
+        body = {"prompt": graph, **({"client_id": client_id} if client_id else {})}
         try:
-            return json.loads(self.post("/prompt", {"prompt": graph}))["prompt_id"]
+            return json.loads(self.post("/prompt", body))["prompt_id"]
         except urllib.error.HTTPError as e:
             details = json.loads(e.read() or b"{}")
             raise ComfyError(f"prompt refused: {json.dumps(details)[:2000]}", details) from None
