@@ -27,7 +27,9 @@ ATTACHMENT = "perfusion"
 SUPERCLASS_CONTEXT = "perfusion_superclass"
 """Model-condition / transformer-option key of the prompt encoded with the superclass word."""
 _HOST = "_perfusion_host"
-_LOAD_FLAGS = ("comfy_patched_weights", "prev_comfy_cast_weights")
+_LOAD_FLAGS = ("comfy_patched_weights", "prev_comfy_cast_weights",
+               # dynamic VRAM loading (0.11+, accelerators): the host's staging slot and what it holds
+               "_v", "_v_signature", "_pin_state", "weight_lowvram_function", "bias_lowvram_function")
 
 
 def current_uses(model) -> list[ConceptUse]:
