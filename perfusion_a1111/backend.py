@@ -10,6 +10,7 @@ from modules import devices, shared
 from torch import Tensor, nn
 
 from perfusion_core import Concept, IncompatibleConceptError, PerfusionError
+from perfusion_core.layers import skip_layer_name
 
 
 def is_forge(sd_model) -> bool:
@@ -31,11 +32,6 @@ def unet_of(sd_model) -> nn.Module:
     if unet is None:
         raise PerfusionError(f"{type(sd_model).__name__} has no model.diffusion_model: unsupported model type")
     return unet
-
-
-def skip_layer_name(skip: int) -> str:
-    """The text-encoder layer a CLIP skip of `skip` reads, named as concept files record it."""
-    return {1: "last", 2: "penultimate"}.get(skip, f"last-{skip - 1}")
 
 
 def text_encoder_layer(sd_model) -> str:

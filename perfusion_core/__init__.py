@@ -1,10 +1,12 @@
 """Perfusion: key-locked, gated rank-1 editing of cross-attention for text-to-image personalisation.
 
 Standalone: imports only torch, safetensors, einops and numpy. Hosts (ComfyUI, A1111, diffusers)
-drive it through the public API below.
+drive it through the public API below; `load_perfusion` and its companions drive a diffusers pipeline
+they are given without importing diffusers.
 """
 
 from .concept import Concept
+from .diffusers_pipeline import load_perfusion, set_perfusion, unload_perfusion
 from .errors import ConceptFileError, IncompatibleConceptError, PerfusionError, TrainingError
 from .files import load_concept, save_concept
 from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
@@ -33,7 +35,10 @@ __all__ = [
     "cross_attention_layers",
     "gate",
     "load_concept",
+    "load_perfusion",
     "patch_unet",
     "save_concept",
     "second_moment",
+    "set_perfusion",
+    "unload_perfusion",
 ]

@@ -13,6 +13,7 @@ from torch import Tensor
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
 from .captions import load_captions
+from .diffusers_pipeline import encoded_layer, in_vocabulary
 from .errors import PerfusionError, TrainingError
 from .layers import cross_attention_layers, model_family
 from .objective import DiffusionObjective
@@ -55,7 +56,7 @@ class DiffusersHost:
         self.scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
         self.objective = DiffusionObjective(self.scheduler.alphas_cumprod, self.scheduler.config.prediction_type)
         self.family = model_family(cross_attention_layers(self.unet))
-        self.text_encoder_layer = "penultimate" if self.is_sdxl or self._is_truncated_sd2() else "last"
+        self.text_encoder_layer = encoded_layer(self.family, self.text_encoders)
         self.resolution = self._resolution()
         self.captions = captions
         self.cache_dir = cache_dir
@@ -68,10 +69,6 @@ class DiffusersHost:
     @property
     def is_sdxl(self) -> bool:
         return len(self.text_encoders) == 2
-
-    def _is_truncated_sd2(self) -> bool:
-        # diffusers ships SD2's OpenCLIP-H with its last layer removed: its last layer is the penultimate
-        return self.family == "sd2" and self.text_encoders[0].config.num_hidden_layers == 23
 
     def _resolution(self) -> int:
         scale = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
@@ -94,8 +91,7 @@ class DiffusersHost:
                     f"the superclass {superclass!r} is {len(ids)} tokens for this tokenizer; it must be one token: "
                     f"use a single-token word{hint}"
                 )
-            known = word in tokenizer.get_vocab() or f"{word}</w>" in tokenizer.get_vocab()
-            if known and word not in self._added_words:
+            if in_vocabulary(tokenizer, word) and word not in self._added_words:
                 raise TrainingError(
                     f"{word!r} is already a word of the tokenizer; choose a new word for the concept "
                     "(a made-up one such as 'hugsy')"

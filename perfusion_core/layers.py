@@ -151,6 +151,11 @@ def check_concept(concept: Concept, layers: list[CrossAttentionLayer]) -> None:
             )
 
 
+def skip_layer_name(skip: int) -> str:
+    """The text-encoder layer a CLIP skip of `skip` reads (1: the last), named as concept files record it."""
+    return {1: "last", 2: "penultimate"}.get(skip, f"last-{skip - 1}")
+
+
 def check_text_encoder_layer(concept: Concept, layer: str) -> None:
     """Refuse a concept whose `C` and targets came from another text-encoder layer than the host uses."""
     if concept.text_encoder_layer != layer:
