@@ -26,7 +26,7 @@ from .builders import WORDS, random_images, tiny_pipeline
 from .conftest import random_concept
 
 ROOT = Path(__file__).parents[1]
-EXAMPLE_SOURCES = (ROOT / "README.md", ROOT / "README-diffusers-snippet.md")  # the snippet until README.md has it
+README = ROOT / "README.md"
 CAPTIONS = [" ".join(WORDS[k : k + 5]) for k in range(len(WORDS) - 5)]
 PROMPT = "a photo of hugsy on the beach"
 
@@ -89,12 +89,10 @@ def _assert_restored(pipe, before: dict) -> None:
 
 
 def _example_code() -> str:
-    for source in EXAMPLE_SOURCES:
-        if source.is_file():
-            for block in re.findall(r"```python\n(.*?)```", source.read_text(), re.DOTALL):
-                if "load_perfusion(" in block:
-                    return block
-    raise AssertionError(f"no Python example with load_perfusion in {', '.join(s.name for s in EXAMPLE_SOURCES)}")
+    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL):
+        if "load_perfusion(" in block:
+            return block
+    raise AssertionError("README.md has no Python example with load_perfusion")
 
 
 def test_the_readme_example_runs_as_written(sd1_file, tmp_path, monkeypatch):
