@@ -94,7 +94,8 @@ def _set_global_lock(clone, enabled: bool) -> None:
     clone.remove_wrappers_with_key(kind, ATTACHMENT)
     patches = clone.model_options["transformer_options"].setdefault("patches", {})
     # ours first, so that other attn2 patches (a hypernetwork) transform the superclass prompt as they do the prompt
-    attn2 = [_superclass_keys] * enabled + [p for p in patches.get("attn2_patch", []) if p is not _superclass_keys]
+    others = [p for p in patches.get("attn2_patch", []) if p is not _superclass_keys]
+    attn2 = [_superclass_keys, *others] if enabled else others
     if attn2:
         patches["attn2_patch"] = attn2
     else:
