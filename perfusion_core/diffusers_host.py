@@ -13,12 +13,12 @@ from torch import Tensor
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
 from .captions import load_captions
-from .diffusers_pipeline import encoded_layer, in_vocabulary
 from .errors import PerfusionError, TrainingError
-from .layers import cross_attention_layers, model_family
+from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
+from .words import in_vocabulary
 
 
 class DiffusersHost:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,30 +21,14 @@ from torch import nn
 from .concept import Concept
 from .errors import IncompatibleConceptError, PerfusionError
 from .files import load_concept
-from .global_lock import SuperclassTwins, to_superclass
-from .layers import check_concept, cross_attention_layers, model_family, skip_layer_name
+from .global_lock import SuperclassTwins
+from .layers import check_concept, cross_attention_layers, encoded_layer, model_family
 from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet
+from .words import in_vocabulary, to_superclass
 
 STATE = "_perfusion"  # the pipeline attribute that holds what load_perfusion attached
 PROMPTS = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")  # encode_prompt's text arguments
 NEEDED = ("unet", "encode_prompt", "load_textual_inversion", "unload_textual_inversion")
-
-
-def encoded_layer(family: str, text_encoders: Sequence[nn.Module], clip_skip: int | None = None) -> str:
-    """The text-encoder layer a diffusers pipeline's UNet reads, named as concept files record it.
-
-    SDXL reads the penultimate hidden states; SD2 its last, which in diffusers' OpenCLIP-H (23 layers, the last one
-    removed) is the penultimate; SD1 the last. `clip_skip` (the pipeline argument) goes that many layers further back.
-    """
-    truncated_sd2 = family == "sd2" and text_encoders[0].config.num_hidden_layers == 23
-    from_last = 1 if len(text_encoders) == 2 or truncated_sd2 else 0
-    return skip_layer_name(from_last + (clip_skip or 0) + 1)
-
-
-def in_vocabulary(tokenizer, word: str) -> bool:
-    """Whether `word` is already a token of `tokenizer` (CLIP's BPE holds a whole word as `word</w>`)."""
-    vocabulary = tokenizer.get_vocab()
-    return word in vocabulary or f"{word}</w>" in vocabulary
 
 
 @dataclasses.dataclass

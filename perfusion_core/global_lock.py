@@ -1,26 +1,14 @@
-"""Global key-locking where the host encodes the prompts: the superclass prompt, and the superclass twin of each
-context row the host encoded, which the K projections read in that row's place."""
+"""Global key-locking where the host encodes the prompts: the superclass twin of each context row the host encoded
+(the prompt encoded with `words.to_superclass`), which the K projections read in that row's place."""
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 KEPT_ROWS = 64  # encoded prompt rows remembered (embeddings encoded once may be sampled from several times)
-
-
-def to_superclass(prompt: str, superclasses: Mapping[str, str]) -> str:
-    """`prompt` with each concept word (`superclasses` maps it to its superclass word) replaced where it stands as a
-    whole word, in any case: with `{"hugsy": "teddy"}`, "Hugsy, hugsy!" becomes "teddy, teddy!" and "hugsys" stays."""
-    if not superclasses:
-        return prompt
-    lookup = {word.lower(): superclass for word, superclass in superclasses.items()}
-    words = "|".join(re.escape(word) for word in sorted(lookup, key=len, reverse=True))
-    return re.sub(rf"(?<!\w)({words})(?!\w)", lambda m: lookup[m.group(1).lower()], prompt, flags=re.IGNORECASE)
 
 
 class SuperclassTwins:

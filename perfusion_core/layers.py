@@ -8,6 +8,7 @@ concept trained in one host loads in every other.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -154,6 +155,17 @@ def check_concept(concept: Concept, layers: list[CrossAttentionLayer]) -> None:
 def skip_layer_name(skip: int) -> str:
     """The text-encoder layer a CLIP skip of `skip` reads (1: the last), named as concept files record it."""
     return {1: "last", 2: "penultimate"}.get(skip, f"last-{skip - 1}")
+
+
+def encoded_layer(family: str, text_encoders: Sequence[nn.Module], clip_skip: int | None = None) -> str:
+    """The text-encoder layer a diffusers pipeline's UNet reads, named as concept files record it.
+
+    SDXL reads the penultimate hidden states; SD2 its last, which in diffusers' OpenCLIP-H (23 layers, the last one
+    removed) is the penultimate; SD1 the last. `clip_skip` (the pipeline argument) goes that many layers further back.
+    """
+    truncated_sd2 = family == "sd2" and text_encoders[0].config.num_hidden_layers == 23
+    from_last = 1 if len(text_encoders) == 2 or truncated_sd2 else 0
+    return skip_layer_name(from_last + (clip_skip or 0) + 1)
 
 
 def check_text_encoder_layer(concept: Concept, layer: str) -> None:

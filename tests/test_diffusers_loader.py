@@ -19,8 +19,8 @@ from perfusion_core import (
     unload_perfusion,
 )
 from perfusion_core.diffusers_host import DiffusersHost
-from perfusion_core.global_lock import to_superclass
 from perfusion_core.train import Trainer, TrainingData, TrainSettings
+from perfusion_core.words import to_superclass
 
 from .builders import WORDS, random_images, tiny_pipeline
 from .conftest import random_concept
