@@ -18,7 +18,7 @@ from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
-from .words import in_vocabulary
+from .words import in_vocabulary, to_superclass
 
 
 class DiffusersHost:
@@ -160,7 +160,7 @@ class DiffusersHost:
         return Conditioning(torch.cat(hidden, dim=-1), extra)
 
     def _to_superclass(self, prompt: str) -> str:
-        return prompt.replace(self.word, self.superclass) if self.word else prompt
+        return to_superclass(prompt, {self.word: self.superclass}) if self.word else prompt
 
     def word_mask(self, prompts: list[str], word: str) -> Tensor:
         tokenizer = self.tokenizers[0]

@@ -258,3 +258,9 @@ def test_trained_keys_learn_key_targets_and_resume(sd1_folder, tmp_path):
             tmp_path / "part.safetensors").run()
     resumed = Trainer.resume(_host(sd1_folder, tmp_path), data, tmp_path / "part.safetensors", steps=2).run().concept
     assert all(torch.equal(whole.o_k[n], resumed.o_k[n]) for n in whole.o_k)
+
+
+def test_the_superclass_prompt_replaces_whole_words_only(sd1_folder, tmp_path):
+    host = _host(sd1_folder, tmp_path)
+    host.prepare_words("hugsy", "teddy")
+    assert host._to_superclass("Hugsy beside hugsys, (hugsy)") == "teddy beside hugsys, (teddy)"
