@@ -120,7 +120,7 @@ class Scorer:
             hits = [reading["background"] == item.scene.background]
             if others:
                 second = others[0]
-                hits.append(reading["objects"].get(second.position) == (second.shape, second.colour))
+                hits.append(reading["objects"].get(second.position) == second.look)
                 hits.append(target.position in reading["objects"])
                 found = hits[-1] and self.present(image, item.scene.objects, 0, reading["background"], concept)
             else:

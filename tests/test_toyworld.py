@@ -30,7 +30,11 @@ def parse(caption: str) -> dict[str, str]:
     for i, phrase in enumerate(phrases):
         words = phrase.split()
         suffix = "" if i == 0 else str(i + 1)
-        out["colour" + suffix], out["shape" + suffix] = words[1], words[2]
+        out["colour" + suffix], out["shape" + suffix], out["pattern" + suffix] = words[1], words[2], "plain"
+        if words[3] == "with":
+            out["colour" + suffix] = "+".join(sorted((words[1], words[4])))
+            out["pattern" + suffix] = words[5]
+            words = words[3:]
         out["position" + suffix] = places[" ".join(words[3:])]
     return out
 
@@ -50,6 +54,33 @@ def test_caption_says_every_attribute():
     for c, s in zip(captions, scenes, strict=True):
         assert parse(c) == s.attributes()
         assert all(o.pattern == "plain" and o.inner_ring is None for o in s.objects)
+
+
+def test_stage_3_names_textures_and_never_draws_a_concepts_look():
+    _, captions, scenes = world.batch(0, 0, 2000, stage=3)
+    objects = [o for s in scenes for o in s.objects]
+    textured = [o for o in objects if o.pattern != "plain"]
+    assert 0.4 < len(textured) / len(objects) < 0.6
+    assert {o.pattern for o in textured} == set(world.PATTERNS[1:]) and all(o.colour2 != o.colour for o in textured)
+    for c, s in zip(captions, scenes, strict=True):
+        assert parse(c) == s.attributes()
+    looks = {o.look for o in objects}
+    assert looks.isdisjoint(world.HELD_OUT_LOOKS)
+    assert ("heart", "red+yellow", "checks") in world.HELD_OUT_LOOKS and ("heart", "red+yellow", "stripes") in looks
+    _, _, every = world.batch(0, 0, 4000, stage=3, held_out=False)
+    assert {o.look for s in every for o in s.objects} & world.HELD_OUT_LOOKS
+
+
+def test_textures_show_both_colours_and_stripes_and_checks_stay_on_the_pixel_grid():
+    for pattern in world.PATTERNS[1:]:
+        img = world.render(world.Scene((world.Obj("square", "red", "centre", pattern=pattern, colour2="blue"),),
+                                       "black"))
+        inner = img[6:10, 6:10].reshape(-1, 3)
+        red = np.isclose(inner, world.COLOURS["red"], atol=1e-6).all(1)
+        bluish = inner[:, 2] > 0.6  # round dots blend at their edge
+        assert red.any() and bluish.any(), pattern
+        if pattern != "dots":
+            assert (red | np.isclose(inner, world.COLOURS["blue"], atol=1e-6).all(1)).all(), pattern
 
 
 def test_colourless_captions_leave_out_only_colours_and_keep_the_images():
@@ -98,6 +129,24 @@ def test_tokenizer_covers_captions_and_adds_tokens(tmp_path):
     loaded.add_tokens(["hugsy"])
     ids = loaded("a Hugsy on the left").input_ids
     assert loaded.unk_token_id not in ids and len(ids) == 7
+    _, textured, _ = world.batch(1, 0, 300, stage=3)
+    assert max(len(tok(c).input_ids) for c in textured) <= toymodel.MAX_LENGTH
+
+
+def test_a_model_starts_from_an_earlier_one_with_more_words_and_positions(tmp_path, monkeypatch):
+    """Known words keep their rows and the UNet its weights: the first positions encode as before."""
+    earlier = toymodel.build(TINY, seed=1)
+    toymodel.save(earlier, tmp_path, fp16=False)
+    monkeypatch.setattr(toymodel, "vocabulary", lambda: sorted([*world.vocabulary(), "aardvark", "zebra"]))
+    monkeypatch.setattr(toymodel, "MAX_LENGTH", toymodel.MAX_LENGTH + 4)
+    later = toymodel.build(TINY, seed=2)
+    toymodel.init_from(later, tmp_path)
+    prompt = ["a red heart with blue dots on the left on a gray background"]
+    assert torch.allclose(later.encode(prompt)[:, : earlier.tokenizer.model_max_length], earlier.encode(prompt),
+                          atol=1e-5)  # attention over a longer padded context rounds differently
+    assert not torch.equal(later.encode(["a zebra"])[:, 2], earlier.encode(["a heart"])[:, 2])
+    assert all(torch.equal(a, b) for a, b in zip(later.unet.state_dict().values(), earlier.unet.state_dict().values(),
+                                                 strict=True))
 
 
 def test_model_folder_loads_with_diffusers_and_transformers(tmp_path):
@@ -166,9 +215,9 @@ def test_resume_is_exact(tmp_path):
 
 def test_probe_reads_generator_images():
     p = probe.load()
-    images, _, scenes = world.batch(99, 0, 600, stage=2)
+    images, _, scenes = world.batch(99, 0, 600, stage=3, held_out=False)
     acc = probe.score(p, torch.from_numpy(images), scenes)
-    for key in ("shape", "colour", "position", "background"):
+    for key in ("shape", "colour", "pattern", "position", "background"):
         assert acc[key] >= 0.98, acc
     assert acc["pair"] >= 0.95, acc
     assert p.features(torch.from_numpy(images[:2])).shape == (2, 128)

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, PreTraine
 from toyworld.world import vocabulary
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
-MAX_LENGTH = 24  # the longest caption is 19 tokens with bos/eos; room for concept words
+MAX_LENGTH = 28  # the longest caption is 25 tokens with bos/eos (two textured objects)
 
 
 @dataclass
@@ -120,6 +120,29 @@ def build(cfg: ModelConfig | None = None, seed: int = 0) -> ToyModel:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     return ToyModel(build_unet(cfg), build_text_encoder(cfg, tokenizer), tokenizer, build_scheduler(cfg), cfg.res)
+
+
+def init_from(model: ToyModel, folder: str | Path) -> None:
+    """Start `model` from the weights of an earlier model folder, with a larger vocabulary or context.
+
+    The UNet is copied whole. The text encoder keeps every weight of the earlier one, each known word's embedding
+    row (found by the word, since ids move when words are added) and each known position; new words keep their
+    fresh random rows, and new positions (only reached by the longest captions and padding) copy the last known
+    one, so that the padding the UNet has learned to read looks as before.
+    """
+    old = load(folder)
+    model.unet.load_state_dict(old.unet.state_dict())
+    state = old.text_encoder.state_dict()
+    fresh = model.text_encoder.state_dict()
+    words, positions = "embeddings.token_embedding.weight", "embeddings.position_embedding.weight"
+    rows = fresh[words].clone()
+    new_ids = model.tokenizer.get_vocab()
+    for word, i in old.tokenizer.get_vocab().items():
+        rows[new_ids[word]] = state[words][i]
+    known = state[positions].shape[0]
+    state[words] = rows
+    state[positions] = torch.cat([state[positions], state[positions][-1:].expand(len(fresh[positions]) - known, -1)])
+    model.text_encoder.load_state_dict(state)
 
 
 def save(model: ToyModel, path: str | Path, fp16: bool = True) -> None:

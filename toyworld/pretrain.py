@@ -39,7 +39,7 @@ from toyworld.sample import generate
 RUN_KEYS = (
     "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
-    "text_attention_scale", "colourless",
+    "text_attention_scale", "colourless", "init_from",
 )
 FEW_POSITIONS = ("left", "right")
 
@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="scale of the text encoder's attention output at initialisation (1: plain CLIP init)")
     ap.add_argument("--freeze-text", action=argparse.BooleanOptionalAction, default=True,
                     help="keep the random text encoder fixed (trained jointly, it merges the position words)")
+    ap.add_argument("--init-from", type=str, default=None,
+                    help="start a new run from this model folder's weights (a new world stage for a shipped model)")
     ap.add_argument("--few-positions-until", type=int, default=0,
                     help="before this step, single objects only on the left or right")
     return ap.parse_args(argv)
@@ -126,6 +128,8 @@ class Run:
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = toymodel.build(model_config(cfg), seed=cfg["seed"])
+        if cfg.get("init_from"):
+            toymodel.init_from(self.model, cfg["init_from"])
         self.model.unet.to(self.device)
         self.model.text_encoder.to(self.device)
         self.model.text_encoder.requires_grad_(not cfg["freeze_text"])
@@ -233,13 +237,17 @@ class Batches:
 
 
 def eval_scenes(n: int, stage: int) -> list[world.Scene]:
-    """The fixed evaluation prompts: n one-object scenes (plus n/2 two-object scenes from stage 2)."""
+    """The fixed evaluation prompts: n one-object scenes (plus n/2 two-object scenes from stage 2), textured as
+    the stage's scenes are."""
     rng = world.scene_rng(12345, 0)
     scenes = [world.random_scene(rng, 1) for _ in range(n)]
+    if stage >= 3:
+        rng = world.scene_rng(12345, 2)
+        scenes = [s for s in (world.random_scene(rng, 3) for _ in range(4 * n)) if len(s.objects) == 1][:n]
     if stage >= 2:
         rng = world.scene_rng(12345, 1)
         while len(scenes) < n + n // 2:
-            s = world.random_scene(rng, 2)
+            s = world.random_scene(rng, stage)
             if len(s.objects) == 2:
                 scenes.append(s)
     return scenes

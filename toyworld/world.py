@@ -3,11 +3,13 @@
 Stage 1: one plain-coloured object ("a red star on the left on a white background").
 Stage 2: stage 1 mixed with two-object scenes
 ("a red star on the left and a green circle on the right on a black background").
+Stage 3: stage 2 where half of the objects carry a two-colour texture named in the caption
+("a red heart with yellow checks on the left ..."): stripes, checks or dots.
 
-Reserved for held-out concepts (never drawn by `random_scene`, at any stage): every object whose fill
-is a pattern (two-colour checks or stripes) or that carries an inner ring. `CONCEPTS` lists the ready
-ones; each has a superclass from `SHAPES`, and `render_concept` draws one at a chosen place and
-background, alone or next to an ordinary object.
+Reserved for held-out concepts (never drawn by `random_scene`, at any stage): inner rings, and the exact
+looks of `CONCEPTS` (shape, texture and its two colours, in either order), so that a concept stays novel
+although the world has its parts. Each concept has a superclass from `SHAPES`, and `render_concept` draws
+one at a chosen place and background, alone or next to an ordinary object.
 
 Images are rendered 4x supersampled and box-filtered down, float32 HxWx3 in [0, 1].
 """
@@ -47,6 +49,9 @@ PAIRS = (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "to
 JITTER = 0.04
 SIZE = 0.50  # object extent as a fraction of the image side
 SUPERSAMPLE = 4
+PATTERNS = ("plain", "stripes", "checks", "dots")
+TEXTURED = 0.5  # share of stage-3 objects with a texture
+CELLS = 8  # texture cells across the image (two pixels each at 16 x 16), anchored to the pixel grid
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,16 @@ class Obj:
     colour2: str | None = None
     inner_ring: str | None = None  # colour of a ring drawn inside the object
 
+    @property
+    def colours(self) -> str:
+        """The object's colours as the probe reads them: "red", or a texture's two joined in name order."""
+        return self.colour if self.pattern == "plain" else "+".join(sorted((self.colour, self.colour2 or "")))
+
+    @property
+    def look(self) -> tuple[str, str, str]:
+        """(shape, colours, pattern): what a caption says of the object and the probe reads back."""
+        return self.shape, self.colours, self.pattern
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -71,12 +86,14 @@ class Scene:
     background: str
 
     def attributes(self) -> dict[str, str]:
-        """Ground truth for the probe: shape/colour/position(/shape2/colour2/position2), background."""
+        """Ground truth for the probe: shape/colour/pattern/position (suffixed 2 for a second object), background;
+        a textured object's colour is its two colours (`Obj.colours`)."""
         out = {"background": self.background}
         for i, o in enumerate(self.objects):
             suffix = "" if i == 0 else str(i + 1)
             out["shape" + suffix] = o.shape
-            out["colour" + suffix] = o.colour
+            out["colour" + suffix] = o.colours
+            out["pattern" + suffix] = o.pattern
             out["position" + suffix] = o.position
         return out
 
@@ -84,8 +101,10 @@ class Scene:
 def describe(obj: Obj, word: str | None = None) -> str:
     """Noun phrase for one object; `word` replaces colour and shape (a concept word)."""
     place = PLACES[obj.position]
-    thing = word if word is not None else f"{obj.colour} {obj.shape}"
-    return f"a {thing} {place}"
+    if word is not None:
+        return f"a {word} {place}"
+    texture = "" if obj.pattern == "plain" else f" with {obj.colour2} {obj.pattern}"
+    return f"a {obj.colour} {obj.shape}{texture} {place}"
 
 
 def caption(scene: Scene, words: tuple[str | None, ...] | None = None) -> str:
@@ -97,8 +116,8 @@ def caption(scene: Scene, words: tuple[str | None, ...] | None = None) -> str:
 
 def vocabulary() -> list[str]:
     """Every word any caption can contain, sorted."""
-    words = {"a", "and", "background"} | {w for p in PLACES.values() for w in p.split()}
-    words |= set(SHAPES) | set(COLOURS) | set(BACKGROUNDS) | set(POSITIONS)
+    words = {"a", "and", "background", "with"} | {w for p in PLACES.values() for w in p.split()}
+    words |= set(SHAPES) | set(COLOURS) | set(BACKGROUNDS) | set(POSITIONS) | set(PATTERNS[1:])
     return sorted(words)
 
 
@@ -107,27 +126,38 @@ def _jitter(rng: np.random.Generator) -> tuple[float, float]:
     return float(dx), float(dy)
 
 
-def random_object(rng: np.random.Generator, position: str) -> Obj:
-    """A plain object of random shape and colour at `position` (with jitter)."""
-    dx, dy = _jitter(rng)
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    return Obj(shape, colour, position, dx, dy)
+def random_object(rng: np.random.Generator, position: str, textured: bool = False, held_out: bool = True) -> Obj:
+    """An object of random shape and colour at `position` (with jitter); with `textured`, half of them carry a
+    texture in a second colour, drawn again while the look is a held-out concept's (unless `held_out` is off)."""
+    while True:
+        dx, dy = _jitter(rng)
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        colour = list(COLOURS)[rng.integers(len(COLOURS))]
+        if not textured or rng.random() >= TEXTURED:
+            return Obj(shape, colour, position, dx, dy)
+        pattern = PATTERNS[1 + rng.integers(len(PATTERNS) - 1)]
+        colour2 = [c for c in COLOURS if c != colour][rng.integers(len(COLOURS) - 1)]
+        obj = Obj(shape, colour, position, dx, dy, pattern, colour2)
+        if not held_out or obj.look not in HELD_OUT_LOOKS:
+            return obj
 
 
 def random_scene(
-    rng: np.random.Generator, stage: int = 1, positions: tuple[str, ...] = tuple(POSITIONS)
+    rng: np.random.Generator, stage: int = 1, positions: tuple[str, ...] = tuple(POSITIONS), held_out: bool = True
 ) -> Scene:
-    """A random pretraining scene. Stage 2 gives two objects in half of the scenes.
+    """A random pretraining scene. Stage 2 gives two objects in half of the scenes, stage 3 textures.
 
-    `positions` restricts single-object placements (a curriculum can start with fewer positions).
+    `positions` restricts single-object placements (a curriculum can start with fewer positions); with
+    `held_out` off, the concepts' looks may be drawn too (for the probe, which must read them).
     """
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+    textured = stage >= 3
     if stage >= 2 and rng.random() < 0.5:
         first, second = PAIRS[rng.integers(len(PAIRS))]
-        return Scene((random_object(rng, first), random_object(rng, second)), background)
+        return Scene((random_object(rng, first, textured, held_out), random_object(rng, second, textured, held_out)),
+                     background)
     position = positions[rng.integers(len(positions))]
-    return Scene((random_object(rng, position),), background)
+    return Scene((random_object(rng, position, textured, held_out),), background)
 
 
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
@@ -167,21 +197,25 @@ def _mask(shape: str, cx: float, cy: float, r: float, side: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def _fill(obj: Obj, cx: float, cy: float, r: float, side: int) -> np.ndarray:
-    """Object colour per supersampled pixel (side x side x 3): plain or a two-colour pattern."""
+def _fill(obj: Obj, side: int) -> np.ndarray:
+    """Object colour per supersampled pixel (side x side x 3): plain or a two-colour texture on the pixel grid
+    (cells that straddle pixels would blur into a third colour at 16 x 16)."""
     c1 = np.array(COLOURS[obj.colour], dtype=np.float32)
     if obj.pattern == "plain":
         return np.broadcast_to(c1, (side, side, 3))
     c2 = np.array(COLOURS[obj.colour2 or "yellow"], dtype=np.float32)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
-    cell = r / 2  # about two cells per object radius
+    cell = side // CELLS
+    yy, xx = np.mgrid[0:side, 0:side] // cell
     if obj.pattern == "checks":
-        sel = (np.floor((xx - cx) / cell) + np.floor((yy - cy) / cell)) % 2 == 0
+        second = (xx + yy) % 2 == 1
     elif obj.pattern == "stripes":
-        sel = np.floor((xx - cx + yy - cy) / cell) % 2 == 0
+        second = yy % 2 == 1
+    elif obj.pattern == "dots":
+        fy, fx = (np.mgrid[0:side, 0:side] % (2 * cell) + 0.5) / cell - 0.5  # offset from the dot's centre
+        second = fx**2 + fy**2 < 0.45
     else:
         raise ValueError(f"unknown pattern {obj.pattern!r}")
-    return np.where(sel[..., None], c1, c2)
+    return np.where(second[..., None], c2, c1)
 
 
 def render(scene: Scene, res: int = 16) -> np.ndarray:
@@ -193,7 +227,7 @@ def render(scene: Scene, res: int = 16) -> np.ndarray:
         px, py = POSITIONS[obj.position]
         cx, cy, r = (px + obj.dx) * side, (py + obj.dy) * side, SIZE / 2 * side
         m = _mask(obj.shape, cx, cy, r, side)[..., None]
-        img = img * (1 - m) + _fill(obj, cx, cy, r, side) * m
+        img = img * (1 - m) + _fill(obj, side) * m
         if obj.inner_ring is not None:
             ring = _mask("circle", cx, cy, 0.55 * r, side) - _mask("circle", cx, cy, 0.3 * r, side)
             ring = np.clip(ring, 0, 1)[..., None] * m
@@ -208,15 +242,16 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 def batch(
     seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None,
-    colourless: float = 0.0,
+    colourless: float = 0.0, held_out: bool = True,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes.
 
     With `colourless` > 0, each object's colour is left out of the caption with that probability ("a heart on
-    the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does.
+    the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does; a
+    textured object's texture goes with its colours. `held_out` as in `random_scene`.
     """
     rng = scene_rng(seed, index)
-    scenes = [random_scene(rng, stage, positions or tuple(POSITIONS)) for _ in range(size)]
+    scenes = [random_scene(rng, stage, positions or tuple(POSITIONS), held_out) for _ in range(size)]
     images = np.stack([render(s, res) for s in scenes]).transpose(0, 3, 1, 2) * 2 - 1
     if not colourless:  # no further draws: the stream stays that of runs before the option
         return images.astype(np.float32), [caption(s) for s in scenes], scenes
@@ -240,6 +275,8 @@ CONCEPTS = {
     "striped_star": Concept("star", "blue", "stripes", "yellow"),
     "ringed_circle": Concept("circle", "purple", inner_ring="yellow"),
 }
+HELD_OUT_LOOKS = frozenset(Obj(c.superclass, c.colour, "centre", pattern=c.pattern, colour2=c.colour2).look
+                           for c in CONCEPTS.values() if c.pattern != "plain")
 
 
 def concept_scene(
