@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from .concept import Concept
 from .errors import IncompatibleConceptError, PerfusionError
 from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
 from .rank1 import GatedProjection, GateSettings, JointProjector
+from .regions import RegionPainter
 
 LOCKS = ("local", "global")
 log = logging.getLogger("perfusion")
@@ -27,13 +29,16 @@ log = logging.getLogger("perfusion")
 
 @dataclass(frozen=True)
 class ConceptUse:
-    """A concept as applied: its gate (β, τ), strength, and key locking (`local` or `global`)."""
+    """A concept as applied: its gate (β, τ), strength, key locking (`local` or `global`), and optionally a
+    region (an (H, W) mask in [0, 1] of where it goes, any resolution) with its weight (`regions`)."""
 
     concept: Concept
     beta: float = 0.7
     tau: float = 0.15
     strength: float = 1.0
     lock: str = "local"
+    region: Any = field(default=None, compare=False)
+    region_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lock not in LOCKS:
@@ -67,11 +72,13 @@ def as_uses(items: Iterable[UseLike]) -> list[ConceptUse]:
 
 @dataclass
 class LayerPatch:
-    """The edit of one cross-attention layer: K and V projections, and whether K reads the superclass prompt."""
+    """The edit of one cross-attention layer: K and V projections, whether K reads the superclass prompt, and the
+    concepts' regions (shared by every layer; None when no concept has one)."""
 
     key: GatedProjection | None
     value: GatedProjection
     key_reads_superclass: bool = False
+    painter: RegionPainter | None = None
 
 
 def _joint_projector(uses: Sequence[ConceptUse]) -> JointProjector:
@@ -117,11 +124,13 @@ def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) 
     else:
         key_projector = None  # every concept is globally locked: K reads the superclass prompt unedited
     keyed = [uses[j].concept for j in local]
+    painter = RegionPainter(value_projector, [u.region for u in uses], [u.region_weight for u in uses])
     return {
         layer.name: LayerPatch(
             key=GatedProjection(key_projector, *_key_targets(keyed, layer)) if key_projector else None,
             value=GatedProjection(value_projector, added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses])),
             key_reads_superclass=len(local) < len(uses),
+            painter=painter or None,
         )
         for layer in layers
     }
@@ -166,12 +175,19 @@ class PatchHandle:
     layers: list[CrossAttentionLayer]
     patches: dict[str, LayerPatch]
     superclass_context: Tensor | None = None
+    alphas_cumprod: Tensor | None = None
     _hooks: list = field(default_factory=list)
     _pending: dict[int, list[tuple[GatedProjection, Tensor] | None]] = field(default_factory=dict)
+    _painted: list[tuple[nn.Module, object]] = field(default_factory=list)
+    _step: dict[str, Any] = field(default_factory=dict)
 
     def set_superclass_context(self, context: Tensor | None) -> None:
         """The prompt encoded with each globally locked concept's superclass word (K reads it)."""
         self.superclass_context = context
+
+    def set_noise_schedule(self, alphas_cumprod: Tensor) -> None:
+        """The sampler's `ᾱ_t` per training timestep, from which regions read the noise level of each call."""
+        self.alphas_cumprod = alphas_cumprod.detach().double().cpu()
 
     def _install(self) -> None:
         for layer in self.layers:
@@ -180,6 +196,40 @@ class PatchHandle:
                     projection.register_forward_pre_hook(self._pre_hook(layer.name, side), with_kwargs=True),
                     projection.register_forward_hook(self._post_hook()),
                 ]
+        painter = next((p.painter for p in self.patches.values() if p.painter is not None), None)
+        if painter is not None:
+            self._hooks.append(self.unet.register_forward_pre_hook(self._record_step, with_kwargs=True))
+            for layer in self.layers:
+                if layer.name in self.patches:
+                    self._painted.append((layer.module, layer.module.__dict__.get("forward")))
+                    layer.module.forward = self._painted_forward(layer.module, painter)
+
+    def _record_step(self, _unet: nn.Module, args: tuple, kwargs: dict) -> None:
+        """UNet pre-hook: the input size and noise level σ of this call, for the regions."""
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
+        if self.alphas_cumprod is None:
+            raise PerfusionError("regions need the noise schedule: call handle.set_noise_schedule(alphas_cumprod)")
+        index = torch.as_tensor(t).detach().round().long().cpu().clamp(0, len(self.alphas_cumprod) - 1)
+        alpha = self.alphas_cumprod[index]
+        sigma = ((1 - alpha) / alpha).sqrt().float().expand(sample.shape[0])
+        self._step.update(input_size=tuple(sample.shape[-2:]), sigma=sigma)
+
+    def _painted_forward(self, module: nn.Module, painter: RegionPainter):
+        """A diffusers `Attention` or LDM `CrossAttention` forward whose scores carry the regions' bias."""
+
+        def forward(x: Tensor, *args, **kwargs) -> Tensor:
+            context = kwargs.get("encoder_hidden_states", kwargs.get("context", args[0] if args else None))
+            if kwargs.get("attention_mask", kwargs.get("mask")) is not None:
+                raise PerfusionError("regions cannot be combined with an attention mask on cross-attention")
+            context = x if context is None else context
+            out = painter.attention(module.to_q(x), module.to_k(context), module.to_v(context), module.heads,
+                                    context, self._step["input_size"], self._step["sigma"])
+            for part in module.to_out:
+                out = part(out)
+            return out
+
+        return forward
 
     def _pre_hook(self, name: str, side: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
@@ -213,8 +263,14 @@ class PatchHandle:
         """Remove every hook; calling it again does nothing."""
         for h in self._hooks:
             h.remove()
+        for module, own_forward in self._painted:
+            if own_forward is None:
+                del module.forward
+            else:
+                module.forward = own_forward
         self._hooks.clear()
         self._pending.clear()
+        self._painted.clear()
         if getattr(self.unet, "_perfusion_handle", None) is self:
             del self.unet._perfusion_handle
 

@@ -1,0 +1,115 @@
+"""Paint with concepts: a region per concept, applied inside cross-attention in one sampling pass.
+
+eDiffi's "paint with words" (Balaji et al. 2022) for personalised concepts. Each concept with a region
+mask `m_c` (1 where it should appear) adds to the attention scores of image position `x` and text token
+`j` the bias
+
+    w_c · log(1 + σ) · max(scores) · m_c(x) · g_c(e_j)
+
+where `g_c(e_j)` is the concept's gate on token `j` (the same gate that decides how much of its edit the
+token receives, so the bias lands on the concept's word however the host tokenised the prompt), `σ` the
+noise level of the step (capped at SIGMA_CAP: zero-terminal-SNR schedules start at infinity) and
+`max(scores)` the largest score of the layer's call, per image and head. Masks are resized to each layer's
+grid. The bias is exactly zero outside every region, and a patch without regions never calls this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import PerfusionError
+from .rank1 import JointProjector
+
+SIGMA_CAP = 14.6  # Stable Diffusion's largest σ
+
+
+def as_region(mask: Tensor, name: str) -> Tensor:
+    """A region mask as float32 `(H, W)` in [0, 1]; a batch of one `(1, H, W)` is accepted."""
+    mask = torch.as_tensor(mask)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 2 or 0 in mask.shape:
+        raise PerfusionError(f"the region of concept '{name}' must be one (height, width) mask, "
+                             f"got shape {tuple(mask.shape)}")
+    mask = mask.detach().float()
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise PerfusionError(f"the region of concept '{name}' must hold values in [0, 1] (1: the concept goes there)")
+    return mask.cpu()
+
+
+def grid_for(queries: int, height: int, width: int) -> tuple[int, int]:
+    """The (rows, columns) of a UNet level with `queries` image positions, for a `height` x `width` input: each
+    level halves the sides, rounding up."""
+    rows, columns = height, width
+    while rows * columns > queries and (rows > 1 or columns > 1):
+        rows, columns = -(-rows // 2), -(-columns // 2)
+    if rows * columns != queries:
+        raise PerfusionError(f"cannot place {queries} attention positions on a {height}x{width} input: "
+                             "regions need the UNet's own input size")
+    return rows, columns
+
+
+def resize(mask: Tensor, grid: tuple[int, int]) -> Tensor:
+    """`mask` (H, W) averaged over each cell of `grid` (a position outside the region stays exactly 0), flattened
+    to rows x columns positions."""
+    return F.interpolate(mask[None, None], size=grid, mode="area").clamp(0, 1).flatten()
+
+
+def noise_scale(sigma: Tensor) -> Tensor:
+    """eDiffi's `log(1 + σ)`, with σ capped at SIGMA_CAP."""
+    return torch.log1p(sigma.float().clamp(min=0, max=SIGMA_CAP))
+
+
+def score_bias(scores: Tensor, paint: Tensor, sigma: Tensor) -> Tensor:
+    """The bias to add to `scores` (batch, heads, queries, tokens) for `paint` (batch, queries, tokens),
+    `Σ_c w_c m_c(x) g_c(e_j)`, at noise levels `sigma` (batch,)."""
+    top = scores.detach().amax(dim=(-2, -1), keepdim=True).clamp(min=0)
+    return noise_scale(sigma).to(scores.device).view(-1, 1, 1, 1) * top * paint[:, None]
+
+
+def painted_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, paint: Tensor, sigma: Tensor) -> Tensor:
+    """`softmax(q kᵀ / √d + bias) v` for q (batch, queries, heads·d) and k, v (batch, tokens, heads·d)."""
+    batch, queries, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(batch, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)
+    weights = (scores + score_bias(scores, paint.to(scores.device), sigma)).softmax(-1)
+    return (weights.to(v.dtype) @ v).transpose(1, 2).reshape(batch, queries, inner)
+
+
+class RegionPainter:
+    """The regions of the concepts of one patch: `paint` gives the bias pattern of a call, `attention` the call."""
+
+    def __init__(self, projector: JointProjector, regions: Sequence[Tensor | None], weights: Sequence[float]) -> None:
+        if len(regions) != len(projector) or len(weights) != len(projector):
+            raise PerfusionError(f"need a region (or None) and a weight per concept ({len(projector)})")
+        self.projector = projector
+        self.index = [j for j, r in enumerate(regions) if r is not None]
+        self.masks = [as_region(regions[j], projector.names[j]) for j in self.index]
+        self.weights = torch.tensor([float(weights[j]) for j in self.index])
+        self._on_grid: dict[tuple[int, int], Tensor] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.index)
+
+    def masks_on(self, grid: tuple[int, int]) -> Tensor:
+        """Every region on `grid`, times its weight: (positions, regions)."""
+        if grid not in self._on_grid:
+            self._on_grid[grid] = torch.stack([resize(m, grid) for m in self.masks], dim=1) * self.weights
+        return self._on_grid[grid]
+
+    def paint(self, context: Tensor, grid: tuple[int, int]) -> Tensor:
+        """`Σ_c w_c m_c(x) g_c(e_j)`: (batch, positions, tokens) for `context` (batch, tokens, width)."""
+        gates = self.projector.gates(context)[..., self.index]
+        return torch.einsum("qn,bkn->bqk", self.masks_on(grid).to(gates.device), gates)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int, context: Tensor, input_size: tuple[int, int],
+                  sigma: Tensor) -> Tensor:
+        """One cross-attention call with the regions' bias, for a UNet input of `input_size` (rows, columns)."""
+        grid = grid_for(q.shape[1], *input_size)
+        return painted_attention(q, k, v, heads, self.paint(context, grid), sigma.expand(q.shape[0]))

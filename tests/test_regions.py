@@ -1,0 +1,111 @@
+"""Regions (paint with concepts): the score bias, its attention, and the in-place patch that uses it."""
+
+import pytest
+import torch
+
+from perfusion_core import ConceptUse, PerfusionError, cross_attention_layers, gate, patch_unet
+from perfusion_core.regions import SIGMA_CAP, RegionPainter, grid_for, painted_attention, resize, score_bias
+
+from .conftest import random_concept, tiny_unet, unet_inputs
+
+
+def _left_half(size: int = 8) -> torch.Tensor:
+    mask = torch.zeros(size, size)
+    mask[:, : size // 2] = 1
+    return mask
+
+
+def _painter(layers, weight: float = 1.0, region: torch.Tensor | None = None) -> tuple[RegionPainter, object]:
+    concept = random_concept(layers)
+    patch = patch_unet(tiny_unet(), [ConceptUse(concept, region=_left_half() if region is None else region,
+                                                region_weight=weight)])
+    painter = next(iter(patch.patches.values())).painter
+    patch.remove()
+    return painter, concept
+
+
+def test_levels_of_a_unet_and_masks_on_them():
+    assert grid_for(64, 8, 8) == (8, 8) and grid_for(16, 8, 8) == (4, 4) and grid_for(15, 5, 9) == (3, 5) and grid_for(6, 5, 9) == (2, 3)
+    with pytest.raises(PerfusionError, match="input size"):
+        grid_for(10, 8, 8)
+    mask = resize(_left_half(64), (4, 4)).view(4, 4)
+    assert torch.equal(mask[:, :2], torch.ones(4, 2)) and torch.equal(mask[:, 2:], torch.zeros(4, 2))
+
+
+def test_bias_is_zero_outside_the_region_and_follows_the_concepts_gate(sd1_layers):
+    painter, concept = _painter(sd1_layers)
+    context = torch.randn(2, 6, 768)
+    context[:, 3] = concept.i_star  # the concept's word
+    paint = painter.paint(context, (4, 4))
+    inside, outside = paint.view(2, 4, 4, 6)[:, :, :2], paint.view(2, 4, 4, 6)[:, :, 2:]
+    assert torch.equal(outside, torch.zeros_like(outside))
+    open_gate = gate(torch.tensor(1.0), 0.7, 0.15)  # the word itself has similarity 1
+    assert torch.allclose(inside[..., 3], open_gate.expand_as(inside[..., 3]), atol=1e-4)
+    assert inside[..., [0, 1, 2, 4, 5]].max() < 0.5
+    scores = torch.randn(2, 4, 16, 6)
+    bias = score_bias(scores, paint, torch.tensor([1.0, 1e9]))
+    assert torch.equal(bias.view(2, 4, 4, 4, 6)[:, :, :, 2:], torch.zeros(2, 4, 4, 2, 6))
+    top = scores.amax(dim=(-2, -1))
+    expected = top * torch.log1p(torch.tensor([1.0, SIGMA_CAP]))[:, None] * open_gate
+    assert torch.allclose(bias[:, :, 0, 3], expected, atol=1e-4)
+
+
+def test_the_concepts_attention_inside_the_region_rises_with_the_weight(sd1_layers):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, n, 32, generator=g) for n in (16, 6, 6))
+    context = torch.randn(1, 6, 768, generator=g)
+    masses = []
+    for weight in (0.0, 0.5, 1.0, 2.0, 4.0):
+        painter, concept = _painter(sd1_layers, weight)
+        context[:, 3] = concept.i_star
+        paint = painter.paint(context, (4, 4))
+        scores = (q.view(1, 16, 4, 8).transpose(1, 2) @ k.view(1, 6, 4, 8).permute(0, 2, 3, 1)) / 8**0.5
+        attention = (scores + score_bias(scores, paint, torch.tensor([3.0]))).softmax(-1)
+        masses.append(float(attention.view(1, 4, 4, 4, 6)[:, :, :, :2, 3].mean()))
+        outside = attention.view(1, 4, 4, 4, 6)[:, :, :, 2:]
+        assert torch.allclose(outside, scores.softmax(-1).view(1, 4, 4, 4, 6)[:, :, :, 2:])
+    assert all(b > a for a, b in zip(masses, masses[1:], strict=False)), masses
+    assert masses[-1] > 2 * masses[0]
+
+
+def test_painted_attention_without_paint_is_attention():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(2, 16, 32, generator=g), torch.randn(2, 6, 32, generator=g), torch.randn(2, 6, 32, generator=g)
+    out = painted_attention(q, k, v, 4, torch.zeros(2, 16, 6), torch.tensor([5.0, 5.0]))
+    heads = [t.view(2, -1, 4, 8).transpose(1, 2) for t in (q, k, v)]
+    expected = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(2, 16, 32)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_a_patch_without_regions_leaves_attention_alone_and_regions_unpatch_exactly():
+    unet = tiny_unet()
+    layers = cross_attention_layers(unet)
+    concept = random_concept(layers)
+    inputs = unet_inputs(unet)
+    inputs["encoder_hidden_states"][:, 3] = concept.i_star
+    before = unet(**inputs).sample
+    with patch_unet(unet, [ConceptUse(concept)]) as handle:
+        plain = unet(**inputs).sample
+        assert not any("forward" in layer.module.__dict__ for layer in layers) and not handle._painted
+    schedule = torch.linspace(0.999, 0.001, 1000)
+    region = torch.zeros(64, 64)
+    with patch_unet(unet, [ConceptUse(concept, region=region)]) as handle:
+        with pytest.raises(PerfusionError, match="noise schedule"):
+            unet(**inputs)
+        handle.set_noise_schedule(schedule)
+        empty = unet(**inputs).sample  # a region nowhere: no bias, the same attention computed explicitly
+    assert torch.allclose(empty, plain, atol=1e-4)
+    region[:, :32] = 1
+    with patch_unet(unet, [ConceptUse(concept, region=region, region_weight=2.0)]) as handle:
+        handle.set_noise_schedule(schedule)
+        painted = unet(**inputs).sample
+    assert not torch.allclose(painted, plain, atol=1e-3)
+    assert not any("forward" in layer.module.__dict__ for layer in layers)
+    assert torch.equal(unet(**inputs).sample, before)
+
+
+def test_bad_regions_are_refused_by_name(sd1_layers):
+    concept = random_concept(sd1_layers)
+    for bad, message in ((torch.ones(2, 8, 8), "one \\(height, width\\) mask"), (torch.full((8, 8), 2.0), "\\[0, 1\\]")):
+        with pytest.raises(PerfusionError, match=message):
+            patch_unet(tiny_unet(), [ConceptUse(concept, region=bad)])
