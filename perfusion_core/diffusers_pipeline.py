@@ -70,6 +70,8 @@ class _PipelineConcepts:
         check_concept(concept, self.layers)
         self._check_embeddings(concept)
         clip_skip = self._clip_skip_for(concept)
+        if use.region is not None:
+            self._noise_schedule()
         check_combinable([*(u for word, u in self.uses.items() if word != concept.word), use])
         for encoder in self.encoders:
             if concept.word not in self.uses and in_vocabulary(encoder.tokenizer, concept.word):
@@ -94,12 +96,21 @@ class _PipelineConcepts:
         """Install the joint patch of the loaded concepts, and the UNet pre-hook where one locks globally."""
         uses = list(self.uses.values())
         self.handle = patch_unet(self.pipe.unet, uses)
+        if any(use.region is not None for use in uses):
+            self.handle.set_noise_schedule(self._noise_schedule())
         locks_globally = any(use.lock == "global" for use in uses)
         if locks_globally and self._unet_hook is None:
             self._unet_hook = self.pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
         elif not locks_globally and self._unet_hook is not None:
             self._unet_hook.remove()
             self._unet_hook = None
+
+    def _noise_schedule(self) -> torch.Tensor:
+        schedule = getattr(self.pipe.scheduler, "alphas_cumprod", None)
+        if schedule is None:
+            raise PerfusionError(f"regions read the noise level from the scheduler's alphas_cumprod, which "
+                                 f"{type(self.pipe.scheduler).__name__} lacks: use a DDPM-family scheduler")
+        return schedule
 
     def _check_embeddings(self, concept: Concept) -> None:
         widths = [encoder.model.get_input_embeddings().embedding_dim for encoder in self.encoders]
@@ -215,16 +226,19 @@ def _loaded(pipe) -> _PipelineConcepts:
 
 
 def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: float = 0.7, tau: float = 0.15,
-                   strength: float = 1.0, lock: str = "local") -> Concept:
+                   strength: float = 1.0, lock: str = "local", region: torch.Tensor | None = None,
+                   region_weight: float = 1.0) -> Concept:
     """Load a concept (a file, or a `Concept`) into a diffusers SD1/SD2/SDXL pipeline, in place.
 
     Its trigger word becomes a token of the pipeline's tokenizer(s) and the UNet gets the joint gated rank-1 patch of
     every concept loaded so far; loading a concept word again replaces that concept. `lock="global"` has K read the
-    prompt encoded with the superclass word in place of the trigger word. A concept that does not fit the pipeline
-    (family, widths, text-encoder layer) raises `IncompatibleConceptError` and changes nothing. Returns the concept.
+    prompt encoded with the superclass word in place of the trigger word. `region`, an (H, W) mask in [0, 1] of the
+    image (any resolution), paints where the concept goes, with strength `region_weight` (`perfusion_core.regions`).
+    A concept that does not fit the pipeline (family, widths, text-encoder layer) raises `IncompatibleConceptError`
+    and changes nothing. Returns the concept.
     """
     concept = path_or_concept if isinstance(path_or_concept, Concept) else load_concept(path_or_concept)
-    use = ConceptUse(concept, beta, tau, strength, lock)
+    use = ConceptUse(concept, beta, tau, strength, lock, region, region_weight)
     state = getattr(pipe, STATE, None)
     if state is not None:
         state.add(use)
@@ -235,13 +249,19 @@ def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: flo
     return concept
 
 
+_KEEP = object()
+
+
 def set_perfusion(pipe, name_or_word: str, beta: float | None = None, tau: float | None = None,
-                  strength: float | None = None, lock: str | None = None) -> None:
-    """Change a loaded concept's gate (β, τ), strength or lock without reloading it; `None` keeps a setting."""
+                  strength: float | None = None, lock: str | None = None, region=_KEEP,
+                  region_weight: float | None = None) -> None:
+    """Change a loaded concept's gate (β, τ), strength, lock or region without reloading it; `None` keeps a
+    setting, except for `region`, where `None` removes the concept's region (leaving it out keeps it)."""
     state = _loaded(pipe)
     use = state.find(name_or_word)
-    changes = {"beta": beta, "tau": tau, "strength": strength, "lock": lock}
-    state.uses[use.concept.word] = dataclasses.replace(use, **{k: v for k, v in changes.items() if v is not None})
+    changes = {"beta": beta, "tau": tau, "strength": strength, "lock": lock, "region_weight": region_weight}
+    changes = {k: v for k, v in changes.items() if v is not None} | ({} if region is _KEEP else {"region": region})
+    state.uses[use.concept.word] = dataclasses.replace(use, **changes)
     state.apply()
 
 

@@ -21,7 +21,7 @@ from .concept import Concept
 from .errors import IncompatibleConceptError, PerfusionError
 from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
 from .rank1 import GatedProjection, GateSettings, JointProjector
-from .regions import RegionPainter
+from .regions import RegionPainter, as_region
 
 LOCKS = ("local", "global")
 log = logging.getLogger("perfusion")
@@ -46,6 +46,8 @@ class ConceptUse:
         if self.lock == "global" and not self.concept.key_locked:
             raise PerfusionError(f"concept '{self.concept.name}' has trained keys, so it cannot lock them globally: "
                                  "use lock 'local'")
+        if self.region is not None:
+            object.__setattr__(self, "region", as_region(self.region, self.concept.name))
 
     @property
     def settings(self) -> GateSettings:

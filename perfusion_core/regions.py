@@ -86,11 +86,12 @@ class RegionPainter:
     """The regions of the concepts of one patch: `paint` gives the bias pattern of a call, `attention` the call."""
 
     def __init__(self, projector: JointProjector, regions: Sequence[Tensor | None], weights: Sequence[float]) -> None:
+        """`regions`: a mask from `as_region` (or None) per concept of `projector`, and a weight per concept."""
         if len(regions) != len(projector) or len(weights) != len(projector):
             raise PerfusionError(f"need a region (or None) and a weight per concept ({len(projector)})")
         self.projector = projector
         self.index = [j for j, r in enumerate(regions) if r is not None]
-        self.masks = [as_region(regions[j], projector.names[j]) for j in self.index]
+        self.masks = [regions[j] for j in self.index]
         self.weights = torch.tensor([float(weights[j]) for j in self.index])
         self._on_grid: dict[tuple[int, int], Tensor] = {}
 

@@ -240,3 +240,31 @@ def test_global_lock_keys_read_the_superclass_prompt(sd1_file):
     assert torch.equal(_render(pipe, prompt), global_lock)
     unload_perfusion(pipe)
     _assert_restored(pipe, before)
+
+
+def test_regions_paint_each_concept_and_unload_exactly(sd1_file):
+    pipe = tiny_pipeline("sd1")
+    before, plain = _state(pipe), _render(pipe)
+    left, right = torch.zeros(16, 16), torch.zeros(16, 16)
+    left[:, :8], right[:, 8:] = 1, 1
+    sofy = random_concept(cross_attention_layers(pipe.unet), word="sofy", seed=3)
+    prompt = "a photo of hugsy and sofy"
+    load_perfusion(pipe, sd1_file)
+    load_perfusion(pipe, sofy)
+    unpainted = _render(pipe, prompt)
+    load_perfusion(pipe, sd1_file, region=left, region_weight=2.0)
+    load_perfusion(pipe, sofy, region=right)
+    painted = _render(pipe, prompt)
+    assert not torch.allclose(painted, unpainted, atol=1e-4)
+    set_perfusion(pipe, "hugsy", region_weight=4.0)
+    assert not torch.allclose(_render(pipe, prompt), painted, atol=1e-4)
+    set_perfusion(pipe, "hugsy", region_weight=2.0)
+    assert torch.allclose(_render(pipe, prompt), painted)
+    set_perfusion(pipe, "hugsy", region=None)
+    set_perfusion(pipe, "sofy", region=None)
+    assert torch.equal(_render(pipe, prompt), unpainted)  # no region left: attention is the host's own again
+    with pytest.raises(PerfusionError, match="must hold values in \\[0, 1\\]"):
+        set_perfusion(pipe, "hugsy", region=left * 3)
+    unload_perfusion(pipe)
+    assert torch.equal(_render(pipe), plain)
+    _assert_restored(pipe, before)
