@@ -169,6 +169,64 @@ def superclass_input(superclass_context: Tensor | None, e: Tensor) -> Tensor:
     return superclass_context.to(e.device, e.dtype)
 
 
+class PaintedAttention:
+    """Regions installed in place: the cross-attention forwards of `layers` (diffusers `Attention` or LDM
+    `CrossAttention`) compute their scores with `painter`'s bias, and a UNet pre-hook reads each call's input size
+    and noise level. `remove()` restores every forward."""
+
+    def __init__(self, unet: nn.Module, layers: Sequence[CrossAttentionLayer], painter: RegionPainter,
+                 alphas_cumprod: Tensor | None = None) -> None:
+        self.painter = painter
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.detach().double().cpu()
+        self._step: dict[str, Any] = {}
+        self._hook = unet.register_forward_pre_hook(self._record_step, with_kwargs=True)
+        self._replaced = [(layer.module, layer.module.__dict__.get("forward")) for layer in layers]
+        for layer in layers:
+            layer.module.forward = self._forward(layer.module)
+
+    def set_noise_schedule(self, alphas_cumprod: Tensor) -> None:
+        self.alphas_cumprod = alphas_cumprod.detach().double().cpu()
+
+    def _record_step(self, _unet: nn.Module, args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
+        if self.alphas_cumprod is None:
+            raise PerfusionError("regions need the noise schedule: call handle.set_noise_schedule(alphas_cumprod)")
+        index = torch.as_tensor(t).detach().round().long().cpu().clamp(0, len(self.alphas_cumprod) - 1)
+        alpha = self.alphas_cumprod[index]
+        sigma = ((1 - alpha) / alpha).sqrt().float().expand(sample.shape[0])
+        self._step.update(input_size=tuple(sample.shape[-2:]), sigma=sigma)
+
+    def _forward(self, module: nn.Module):
+        def forward(x: Tensor, *args, **kwargs) -> Tensor:
+            context = kwargs.get("encoder_hidden_states", kwargs.get("context", args[0] if args else None))
+            if kwargs.get("attention_mask", kwargs.get("mask")) is not None:
+                raise PerfusionError("regions cannot be combined with an attention mask on cross-attention")
+            context = x if context is None else context
+            out = self.painter.attention(module.to_q(x), module.to_k(context), module.to_v(context), module.heads,
+                                         context, self._step["input_size"], self._step["sigma"])
+            for part in module.to_out:
+                out = part(out)
+            return out
+
+        return forward
+
+    def remove(self) -> None:
+        self._hook.remove()
+        for module, own_forward in self._replaced:
+            if own_forward is None:
+                del module.forward
+            else:
+                module.forward = own_forward
+        self._replaced.clear()
+
+    def __enter__(self) -> PaintedAttention:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 @dataclass
 class PatchHandle:
     """Hooks of one installed patch. `remove()` (or leaving a `with` block) restores the model exactly."""
@@ -177,11 +235,9 @@ class PatchHandle:
     layers: list[CrossAttentionLayer]
     patches: dict[str, LayerPatch]
     superclass_context: Tensor | None = None
-    alphas_cumprod: Tensor | None = None
     _hooks: list = field(default_factory=list)
     _pending: dict[int, list[tuple[GatedProjection, Tensor] | None]] = field(default_factory=dict)
-    _painted: list[tuple[nn.Module, object]] = field(default_factory=list)
-    _step: dict[str, Any] = field(default_factory=dict)
+    _painted: PaintedAttention | None = None
 
     def set_superclass_context(self, context: Tensor | None) -> None:
         """The prompt encoded with each globally locked concept's superclass word (K reads it)."""
@@ -189,7 +245,8 @@ class PatchHandle:
 
     def set_noise_schedule(self, alphas_cumprod: Tensor) -> None:
         """The sampler's `ᾱ_t` per training timestep, from which regions read the noise level of each call."""
-        self.alphas_cumprod = alphas_cumprod.detach().double().cpu()
+        if self._painted is not None:
+            self._painted.set_noise_schedule(alphas_cumprod)
 
     def _install(self) -> None:
         for layer in self.layers:
@@ -200,38 +257,8 @@ class PatchHandle:
                 ]
         painter = next((p.painter for p in self.patches.values() if p.painter is not None), None)
         if painter is not None:
-            self._hooks.append(self.unet.register_forward_pre_hook(self._record_step, with_kwargs=True))
-            for layer in self.layers:
-                if layer.name in self.patches:
-                    self._painted.append((layer.module, layer.module.__dict__.get("forward")))
-                    layer.module.forward = self._painted_forward(layer.module, painter)
-
-    def _record_step(self, _unet: nn.Module, args: tuple, kwargs: dict) -> None:
-        """UNet pre-hook: the input size and noise level σ of this call, for the regions."""
-        sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs.get("timestep", kwargs.get("timesteps"))
-        if self.alphas_cumprod is None:
-            raise PerfusionError("regions need the noise schedule: call handle.set_noise_schedule(alphas_cumprod)")
-        index = torch.as_tensor(t).detach().round().long().cpu().clamp(0, len(self.alphas_cumprod) - 1)
-        alpha = self.alphas_cumprod[index]
-        sigma = ((1 - alpha) / alpha).sqrt().float().expand(sample.shape[0])
-        self._step.update(input_size=tuple(sample.shape[-2:]), sigma=sigma)
-
-    def _painted_forward(self, module: nn.Module, painter: RegionPainter):
-        """A diffusers `Attention` or LDM `CrossAttention` forward whose scores carry the regions' bias."""
-
-        def forward(x: Tensor, *args, **kwargs) -> Tensor:
-            context = kwargs.get("encoder_hidden_states", kwargs.get("context", args[0] if args else None))
-            if kwargs.get("attention_mask", kwargs.get("mask")) is not None:
-                raise PerfusionError("regions cannot be combined with an attention mask on cross-attention")
-            context = x if context is None else context
-            out = painter.attention(module.to_q(x), module.to_k(context), module.to_v(context), module.heads,
-                                    context, self._step["input_size"], self._step["sigma"])
-            for part in module.to_out:
-                out = part(out)
-            return out
-
-        return forward
+            self._painted = PaintedAttention(self.unet, [layer for layer in self.layers if layer.name in self.patches],
+                                             painter)
 
     def _pre_hook(self, name: str, side: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
@@ -265,14 +292,11 @@ class PatchHandle:
         """Remove every hook; calling it again does nothing."""
         for h in self._hooks:
             h.remove()
-        for module, own_forward in self._painted:
-            if own_forward is None:
-                del module.forward
-            else:
-                module.forward = own_forward
+        if self._painted is not None:
+            self._painted.remove()
+            self._painted = None
         self._hooks.clear()
         self._pending.clear()
-        self._painted.clear()
         if getattr(self.unet, "_perfusion_handle", None) is self:
             del self.unet._perfusion_handle
 

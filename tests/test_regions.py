@@ -86,7 +86,7 @@ def test_a_patch_without_regions_leaves_attention_alone_and_regions_unpatch_exac
     before = unet(**inputs).sample
     with patch_unet(unet, [ConceptUse(concept)]) as handle:
         plain = unet(**inputs).sample
-        assert not any("forward" in layer.module.__dict__ for layer in layers) and not handle._painted
+        assert not any("forward" in layer.module.__dict__ for layer in layers) and handle._painted is None
     schedule = torch.linspace(0.999, 0.001, 1000)
     region = torch.zeros(64, 64)
     with patch_unet(unet, [ConceptUse(concept, region=region)]) as handle:
