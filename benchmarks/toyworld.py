@@ -34,9 +34,18 @@ import torch
 from PIL import Image, ImageDraw
 
 from benchmarks import baselines
-from perfusion_core import Concept, ConceptUse, patch_unet
+from perfusion_core import (
+    Concept,
+    ConceptUse,
+    GateSettings,
+    JointProjector,
+    cross_attention_layers,
+    patch_unet,
+)
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
+from perfusion_core.patch import PaintedAttention
+from perfusion_core.regions import RegionPainter
 from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
 from toyworld import probe as toy_probe
@@ -50,6 +59,7 @@ SECOND_OBJECTS = (("circle", "green"), ("square", "blue"), ("triangle", "purple"
 SEEDS = (0, 1)
 PAIR_SEEDS = (0, 1, 2)
 COMPANION_METHODS = ("perfusion", "textual_inversion")
+REGION_WEIGHTS = (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,83 @@ def pair_scenes() -> list[EvalScene]:
     return scenes
 
 
+def half(place: str, res: int = 16) -> torch.Tensor:
+    """A region: the half of the image on the side of `place` (1 there, 0 elsewhere)."""
+    rows, columns = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    sides = {"left": columns < res // 2, "right": columns >= res // 2, "top": rows < res // 2, "bottom": rows >= res // 2}
+    return sides[place].float()
+
+
+def word_gates(host: DiffusersHost, methods: tuple[Method, Method], datas: tuple[TrainingData, TrainingData]
+               ) -> JointProjector:
+    """Gates for words without a Perfusion edit (textual inversion): the same similarity gate, with `i*` the word's
+    mean encoding in its training captions, so that regions select the tokens as they do for Perfusion."""
+    c_inv = host.second_moment().inverse()
+    i_stars = []
+    for method, data in zip(methods, datas, strict=True):
+        prompts = [caption.format(method.word) for caption in data.captions]
+        host.install_word(method.word, method.embeddings)
+        with torch.no_grad():
+            context = host.encode(prompts, method.embeddings).context
+        i_stars.append(context[host.word_mask(prompts, method.word)].mean(0).cpu().double())
+    i_star = torch.stack(i_stars)
+    return JointProjector(i_star.float(), (i_star @ c_inv.T).float(), [GateSettings(0.7, TAU)] * 2,
+                          names=[m.word for m in methods])
+
+
+def painted(host: DiffusersHost, methods: tuple[Method, Method], places: tuple[str, str], weight: float,
+            gates: JointProjector | None) -> AbstractContextManager:
+    """Both concepts applied together, each with the half of the image at its prompted place as its region."""
+    regions = [half(place, host.unet.config.sample_size) for place in places]
+    schedule = host.scheduler.alphas_cumprod
+    if gates is None:
+        handle = patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU, region=r, region_weight=weight)
+                                        for m, r in zip(methods, regions, strict=True)])
+        handle.set_noise_schedule(schedule)
+        return handle
+    painter = RegionPainter(gates, regions, [weight] * 2)
+    return PaintedAttention(host.unet, cross_attention_layers(host.unet), painter, schedule)
+
+
+def sample_painted(host: DiffusersHost, methods: tuple[Method, Method], scenes: list[EvalScene], weight: float,
+                   gates: JointProjector | None) -> torch.Tensor:
+    """Two-concept samples in one pass per layout (the regions follow each scene's places); weight 0: no regions."""
+    for method in methods:
+        host.install_word(method.word, method.embeddings)
+    images = torch.empty(len(scenes), 3, host.unet.config.sample_size, host.unet.config.sample_size)
+    layouts: dict[tuple[str, str], list[int]] = {}
+    for k, s in enumerate(scenes):
+        layouts.setdefault(tuple(o.position for o in s.scene.objects), []).append(k)
+    for places, index in layouts.items():
+        context = (composed(host, *methods) if weight == 0 else painted(host, methods, places, weight, gates))
+        with context:
+            images[index] = host.sample([world.caption(scenes[k].scene, tuple(m.word for m in methods)) for k in index],
+                                        [scenes[k].seed for k in index])
+    return images
+
+
+def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str, Method]],
+                datas: tuple[TrainingData, TrainingData]) -> dict:
+    """Two concepts painted left/right (or top/bottom) in one pass: both present where painted, by region weight, for
+    Perfusion and textual inversion (weight 0: no regions); and the time of a painted pass over an unpainted one."""
+    scenes = pair_scenes()
+    concepts = tuple(world.CONCEPTS[name] for name in WORDS)
+    row: dict = {}
+    for name in COMPANION_METHODS:
+        methods = tuple(trained[concept][name] for concept in WORDS)
+        gates = None if name == "perfusion" else word_gates(host, methods, datas)
+        row[name] = {f"{weight:g}": scorer.both_present(sample_painted(host, methods, scenes, weight, gates), scenes,
+                                                        concepts) for weight in (0.0, *REGION_WEIGHTS)}
+    methods = tuple(trained[concept]["perfusion"] for concept in WORDS)
+    times = {}
+    for weight in (0.0, 1.0, 0.0, 1.0, 0.0, 1.0):
+        started = time.perf_counter()
+        sample_painted(host, methods, scenes, weight, None)
+        times.setdefault(weight, []).append(time.perf_counter() - started)
+    row["overhead"] = min(times[1.0]) / min(times[0.0])
+    return row
+
+
 def model_accuracy(host: DiffusersHost, scorer: Scorer, n: int = 100) -> dict[str, float]:
     """Probe scores of the toy model's own samples for `n` one-object prompts (fixed seeds)."""
     rng = world.scene_rng(7, 0)
@@ -310,6 +397,16 @@ def table(points: dict[str, list[dict]], seconds: dict[str, float], clock: str =
             train = f"{seconds[name]:.0f}" if name in seconds else "-"
             lines.append(f"| {name} | {knob} | {p['concept_fidelity']:.3f} | {p['prompt_fidelity']:.3f} | "
                          f"{p['concept_present']:.2f} | {p['pattern_contrast']:.2f} | {train} |")
+    return "\n".join(lines)
+
+
+def regions_table(rows: dict[str, dict]) -> str:
+    """Both-present rates by training and method (rows) and region weight (columns; 0: no regions)."""
+    weights = [f"{w:g}" for w in (0.0, *REGION_WEIGHTS)]
+    lines = ["| training | method | " + " | ".join(f"w {w}" for w in weights) + " |", "|---|---|" + "---|" * len(weights)]
+    for training, row in rows.items():
+        for name in COMPANION_METHODS:
+            lines.append(f"| {training} | {name} | " + " | ".join(f"{row[name][w]:.2f}" for w in weights) + " |")
     return "\n".join(lines)
 
 
@@ -443,6 +540,12 @@ def main() -> None:
             companion_points.setdefault(name, []).append(ps)
     two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)))[0]
     companion_means = {name: _mean_points(ps) for name, ps in companion_points.items()}
+    by_name = lambda methods: {c: {m.name: m for m in ms} for c, ms in methods.items()}  # noqa: E731
+    regions = regions_row(host, scorer, by_name(trained), tuple(demo.training_data(c) for c in WORDS))
+    regions_companions = regions_row(host, scorer, by_name(companions), tuple(
+        demo.training_data(c, companions=demo.COMPANION_VIEWS) for c in WORDS))
+    print(f"regions: {json.dumps(regions)}, with companion training {json.dumps(regions_companions)} "
+          f"({time.monotonic() - started:.0f} s)", flush=True)
     print(f"companion training: {json.dumps(companion_points)}, both present {two_concept_companions} "
           f"({time.monotonic() - started:.0f} s)", flush=True)
     figures = {
@@ -452,6 +555,8 @@ def main() -> None:
         "probe_min_attr_accuracy": min(v for k, v in probe_scores.items() if k != "all"),
         **summary(points, two_concept),
         "two_concept_both_present_companion_training": two_concept_companions,
+        "regions_both_present": regions,
+        "regions_both_present_companion_training": regions_companions,
         "points": points,
         "one_shot_points": one_shot,
         "companion_training_points": companion_means,
@@ -469,7 +574,11 @@ def main() -> None:
                 f"## Companion training ({len(demo.TRAINING_VIEWS)} views + {len(demo.COMPANION_VIEWS)} beside an ordinary "
                 "object named first; Perfusion at β 0.7)", "",
                 table(companion_means, {}, clock), "",
-                *(f"- two concepts, {name}: {value:.2f}" for name, value in two_concept_companions.items()), ""]
+                *(f"- two concepts, {name}: {value:.2f}" for name, value in two_concept_companions.items()), "",
+                "## Paint with concepts (two concepts, each with the half of the image it is prompted in; one pass)", "",
+                regions_table({"five views": regions, "companion training": regions_companions}), "",
+                f"Painted pass over unpainted pass (Perfusion, same prompts): {regions['overhead']:.3f} "
+                f"(companion training: {regions_companions['overhead']:.3f})", ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")
     grid = image_grid(torch.cat(grid_rows), columns=len(shown))
