@@ -67,6 +67,13 @@ class ApplyPerfusion(io.ComfyNode):
                                tooltip="Gate bias β: tokens less similar to the concept than β are left alone. "
                                        "Lower = more of the concept, less of the prompt (useful 0.6–0.75)."),
                 *gate_inputs(),
+                io.Mask.Input("region", optional=True,
+                              tooltip="Where the concept goes (white = here), at the image's aspect ratio: its "
+                                      "word's attention is drawn into the region in the same sampling pass. Give "
+                                      "each concept its own mask for several concepts side by side."),
+                io.Float.Input("region_weight", default=1.0, min=0.0, max=5.0, step=0.05,
+                               tooltip="How strongly the region draws the concept's attention (eDiffi's w; "
+                                       "scaled with the noise level). Used only with a region."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -75,9 +82,10 @@ class ApplyPerfusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, concept: Concept, beta: float, tau: float, strength: float,
-                lock: str) -> io.NodeOutput:
-        return io.NodeOutput(*apply_concept(model, clip, ConceptUse(concept, beta, tau, strength, lock)))
+    def execute(cls, model, clip, concept: Concept, beta: float, tau: float, strength: float, lock: str,
+                region=None, region_weight: float = 1.0) -> io.NodeOutput:
+        use = ConceptUse(concept, beta, tau, strength, lock, region, region_weight)
+        return io.NodeOutput(*apply_concept(model, clip, use))
 
 
 class PerfusionGateSweep(io.ComfyNode):

@@ -10,11 +10,16 @@ sees the model exactly as before.
 Global locking: the CLIP returned by Apply Perfusion attaches the prompt encoded with the superclass
 word as a model condition; a diffusion-model wrapper hands it to an attn2 patch, which makes the K
 pathway read it while V reads the concept prompt.
+
+Regions: where a concept has one, each patched layer gets an attn2 replace patch that computes the
+attention with the regions' score bias (`perfusion_core.regions`); the layer's V copy records the prompt it
+projects, from which the bias finds the concepts' tokens.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Sequence
 
 import comfy.patcher_extension
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 
 from ..perfusion_core import ConceptUse, GatedProjection, PerfusionError, build_patch, cross_attention_layers
 from ..perfusion_core.patch import as_uses
+from ..perfusion_core.regions import RegionPainter
 
 ATTACHMENT = "perfusion"
 SUPERCLASS_CONTEXT = "perfusion_superclass"
@@ -42,8 +48,9 @@ def host_module(module: nn.Module) -> nn.Module:
     return module.__dict__.get(_HOST, module)
 
 
-def patched_projection(host: nn.Module, projection: GatedProjection) -> nn.Module:
-    """A shallow copy of `host` whose forward is `projection` around the host's own forward."""
+def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict | None = None) -> nn.Module:
+    """A shallow copy of `host` whose forward is `projection` around the host's own forward; with `seen`, each
+    call's input is kept there as `seen["context"]`."""
     patched = copy.copy(host)
     state = patched.__dict__
     if "prev_comfy_cast_weights" in state:  # copied mid-load: keep the host's own casting setting
@@ -56,6 +63,8 @@ def patched_projection(host: nn.Module, projection: GatedProjection) -> nn.Modul
     host_forward = type(host).forward
 
     def forward(x: Tensor, *args, **kwargs) -> Tensor:
+        if seen is not None:
+            seen["context"] = x
         return projection(lambda y: host_forward(patched, y, *args, **kwargs), x)
 
     state["forward"] = forward
@@ -104,6 +113,44 @@ def _set_global_lock(clone, enabled: bool) -> None:
         clone.add_wrapper_with_key(kind, ATTACHMENT, _carry_superclass)
 
 
+_ATTN2 = re.compile(r"^(?:(input|output)_blocks\.(\d+)\.\d+|middle_block\.\d+)\.transformer_blocks\.(\d+)\.attn2$")
+
+
+def attn2_block(layer_name: str) -> tuple[str, int, int]:
+    """ComfyUI's attn2 replace key (block, number, transformer index) of a canonical layer name."""
+    found = _ATTN2.match(layer_name)
+    if found is None:
+        raise PerfusionError(f"cannot place regions on layer {layer_name}: not a UNet transformer block")
+    block, number, index = found.groups()
+    return (block, int(number), int(index)) if block else ("middle", 0, int(index))
+
+
+def _painted_attention(painter: RegionPainter, seen: dict) -> Callable:
+    def attn2_replace(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
+        size = tuple(extra_options["original_shape"][-2:])
+        return painter.attention(q, k, v, extra_options["n_heads"], seen.pop("context"), size,
+                                 extra_options["sigmas"])
+
+    attn2_replace.perfusion = True
+    return attn2_replace
+
+
+def _set_region(clone, layer_name: str, painter: RegionPainter | None, seen: dict) -> None:
+    """Put (or take away) the layer's painted attention among the clone's attn2 replace patches."""
+    replaces = clone.model_options["transformer_options"].setdefault("patches_replace", {}).setdefault("attn2", {})
+    key = attn2_block(layer_name)
+    current = replaces.get(key)
+    if painter is None:
+        if getattr(current, "perfusion", False):
+            del replaces[key]
+        return
+    if current is not None and not getattr(current, "perfusion", False):
+        raise PerfusionError(f"another node (an IPAdapter or attention node) replaces the cross-attention of "
+                             f"{layer_name}, which regions compute themselves: leave the concept's region out, or "
+                             "remove that node")
+    replaces[key] = _painted_attention(painter, seen)
+
+
 def apply_uses(model, uses: Sequence[ConceptUse]):
     """A clone of `model` carrying the joint patch of `uses` (the earlier Perfusion patch is replaced)."""
     uses = as_uses(uses)
@@ -112,13 +159,16 @@ def apply_uses(model, uses: Sequence[ConceptUse]):
     clone = model.clone()
     for layer in layers:
         patch = patches[layer.name]
+        seen: dict = {}
         for side, projection in (("to_k", patch.key), ("to_v", patch.value)):
             key = f"diffusion_model.{layer.path}.{side}"
             host = host_module(clone.get_model_object(key))
             if projection is None:
                 clone.object_patches.pop(key, None)
             else:
-                clone.add_object_patch(key, patched_projection(host, projection))
+                recording = seen if side == "to_v" and patch.painter is not None else None
+                clone.add_object_patch(key, patched_projection(host, projection, recording))
+        _set_region(clone, layer.name, patch.painter, seen)
     clone.set_attachments(ATTACHMENT, tuple(uses))
     _set_global_lock(clone, any(use.lock == "global" for use in uses))
     return clone

@@ -150,6 +150,20 @@ def test_chained_concepts_form_one_joint_patch(server):
     assert again == render(server, prompt=prompt, concepts=(WUGSY, HUGSY))
 
 
+def test_regions_paint_each_concept_in_one_pass_and_leave_no_trace(server):
+    prompt = "a photo of hugsy and wugsy"
+    plain = render(server, prompt=prompt, concepts=(HUGSY, WUGSY))
+    painted = render(server, prompt=prompt, concepts=({**HUGSY, "region": "left"}, {**WUGSY, "region": "right"}))
+    swapped = render(server, prompt=prompt, concepts=({**HUGSY, "region": "right"}, {**WUGSY, "region": "left"}))
+    stronger = render(server, prompt=prompt, concepts=({**HUGSY, "region": "left", "region_weight": 3.0},
+                                                       {**WUGSY, "region": "right"}))
+    assert len({plain, painted, swapped, stronger}) == 4
+    global_lock = render(server, prompt=prompt, concepts=({**HUGSY, "region": "left", "lock": "global"}, WUGSY))
+    assert global_lock not in {plain, painted}
+    assert render(server, prompt=prompt, concepts=(HUGSY, WUGSY)) == plain  # the regions are gone with their nodes
+    assert render(server, prompt=prompt, concepts=({**HUGSY, "region": "left"}, {**WUGSY, "region": "right"})) == painted
+
+
 def test_global_lock_runs_and_differs_from_local(server):
     local = render(server, concepts=(HUGSY,))
     assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.5},)) != local

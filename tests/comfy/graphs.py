@@ -78,8 +78,20 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
             g[f"load{k}"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": c["name"]}}
             g[f"apply{k}"] = {"class_type": "PerfusionApply", "inputs": {
                 "model": model, "clip": clip, "concept": [f"load{k}", 0], "beta": c.get("beta", 0.7),
-                "tau": c.get("tau", 0.15), "strength": c.get("strength", 1.0), "lock": c.get("lock", "local")}}
+                "tau": c.get("tau", 0.15), "strength": c.get("strength", 1.0), "lock": c.get("lock", "local"),
+                "region_weight": c.get("region_weight", 1.0)}}
+            if "region" in c:
+                g[f"apply{k}"]["inputs"]["region"] = add_half_mask(f"region{k}", c["region"])
             model, clip = [f"apply{k}", 0], [f"apply{k}", 1]
+
+    def add_half_mask(name: str, side: str) -> list:
+        """A mask of the image's left or right half, from ComfyUI's own mask nodes."""
+        g[f"{name}_empty"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": size, "height": size}}
+        g[f"{name}_half"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": size // 2, "height": size}}
+        g[name] = {"class_type": "MaskComposite", "inputs": {
+            "destination": [f"{name}_empty", 0], "source": [f"{name}_half", 0], "x": 0 if side == "left" else size // 2,
+            "y": 0, "operation": "add"}}
+        return [name, 0]
 
     def add_hypernetwork():
         nonlocal model
