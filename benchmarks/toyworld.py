@@ -45,7 +45,7 @@ from perfusion_core import (
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
 from perfusion_core.patch import PaintedAttention
-from perfusion_core.regions import RegionPainter
+from perfusion_core.regions import RegionPainter, named_region
 from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
 from toyworld import probe as toy_probe
@@ -259,13 +259,6 @@ def pair_scenes() -> list[EvalScene]:
     return scenes
 
 
-def half(place: str, res: int = 16) -> torch.Tensor:
-    """A region: the half of the image on the side of `place` (1 there, 0 elsewhere)."""
-    rows, columns = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
-    sides = {"left": columns < res // 2, "right": columns >= res // 2, "top": rows < res // 2, "bottom": rows >= res // 2}
-    return sides[place].float()
-
-
 def word_gates(host: DiffusersHost, methods: tuple[Method, Method], datas: tuple[TrainingData, TrainingData]
                ) -> JointProjector:
     """Gates for words without a Perfusion edit (textual inversion): the same similarity gate, with `i*` the word's
@@ -286,7 +279,7 @@ def word_gates(host: DiffusersHost, methods: tuple[Method, Method], datas: tuple
 def painted(host: DiffusersHost, methods: tuple[Method, Method], places: tuple[str, str], weight: float,
             gates: JointProjector | None) -> AbstractContextManager:
     """Both concepts applied together, each with the half of the image at its prompted place as its region."""
-    regions = [half(place, host.unet.config.sample_size) for place in places]
+    regions = [named_region(place) for place in places]
     schedule = host.scheduler.alphas_cumprod
     if gates is None:
         handle = patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU, region=r, region_weight=weight)

@@ -28,8 +28,34 @@ from .rank1 import JointProjector
 SIGMA_CAP = 14.6  # Stable Diffusion's largest σ
 
 
-def as_region(mask: Tensor, name: str) -> Tensor:
-    """A region mask as float32 `(H, W)` in [0, 1]; a batch of one `(1, H, W)` is accepted."""
+NAMED = ("left", "right", "top", "bottom", "centre", "top-left", "top-right", "bottom-left", "bottom-right")
+_NAMED_SIZE = 64  # named regions are drawn at this size; any grid reads them exactly, being halves and quarters
+
+
+def named_region(name: str) -> Tensor:
+    """A region by name (`NAMED`): an image half, the centre (the middle half across and down), or a quarter."""
+    if name not in NAMED:
+        raise PerfusionError(f"unknown region {name!r}: use one of {', '.join(NAMED)}, or give a mask")
+    spans = {"top": (0.0, 0.5), "bottom": (0.5, 1.0), "left": (0.0, 0.5), "right": (0.5, 1.0),
+             "centre": (0.25, 0.75)}
+    rows = columns = (0.0, 1.0)
+    for part in name.split("-"):
+        if part in ("top", "bottom"):
+            rows = spans[part]
+        elif part in ("left", "right"):
+            columns = spans[part]
+        else:
+            rows = columns = spans[part]
+    n = _NAMED_SIZE
+    mask = torch.zeros(n, n)
+    mask[int(rows[0] * n):int(rows[1] * n), int(columns[0] * n):int(columns[1] * n)] = 1
+    return mask
+
+
+def as_region(mask: Tensor | str, name: str) -> Tensor:
+    """A region as float32 `(H, W)` in [0, 1]: a mask (a batch of one `(1, H, W)` is accepted) or a `NAMED` one."""
+    if isinstance(mask, str):
+        return named_region(mask)
     mask = torch.as_tensor(mask)
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]

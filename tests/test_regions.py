@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from perfusion_core import ConceptUse, PerfusionError, cross_attention_layers, gate, patch_unet
-from perfusion_core.regions import SIGMA_CAP, RegionPainter, grid_for, painted_attention, resize, score_bias
+from perfusion_core.regions import (
+    NAMED,
+    SIGMA_CAP,
+    RegionPainter,
+    grid_for,
+    named_region,
+    painted_attention,
+    resize,
+    score_bias,
+)
 
 from .conftest import random_concept, tiny_unet, unet_inputs
 
@@ -30,6 +39,17 @@ def test_levels_of_a_unet_and_masks_on_them():
         grid_for(10, 8, 8)
     mask = resize(_left_half(64), (4, 4)).view(4, 4)
     assert torch.equal(mask[:, :2], torch.ones(4, 2)) and torch.equal(mask[:, 2:], torch.zeros(4, 2))
+
+
+def test_named_regions_are_halves_the_centre_and_quarters():
+    on_four = {name: resize(named_region(name), (4, 4)).view(4, 4) for name in NAMED}
+    assert on_four["left"][:, :2].eq(1).all() and on_four["left"][:, 2:].eq(0).all()
+    assert on_four["bottom"][2:].eq(1).all() and on_four["bottom"][:2].eq(0).all()
+    assert on_four["centre"].sum() == 4 and on_four["centre"][1:3, 1:3].eq(1).all()
+    assert on_four["top-right"].sum() == 4 and on_four["top-right"][:2, 2:].eq(1).all()
+    assert torch.equal(on_four["left"] + on_four["right"], torch.ones(4, 4))
+    with pytest.raises(PerfusionError, match="unknown region 'middle'.*left, right"):
+        ConceptUse(random_concept(cross_attention_layers(tiny_unet())), region="middle")
 
 
 def test_bias_is_zero_outside_the_region_and_follows_the_concepts_gate(sd1_layers):
