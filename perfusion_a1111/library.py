@@ -1,19 +1,29 @@
-"""The folder of concept files (`models/perfusion`): listing, lookup by name or hash, cached loading."""
+"""The folder of concept files (`models/perfusion`): listing, lookup by name or hash, cached loading, and the
+region masks saved beside them (`regions/NAME.png`)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
 from safetensors import safe_open
 
 from perfusion_core import Concept, PerfusionError, load_concept
+from perfusion_core.files import atomic_write_bytes
+from perfusion_core.regions import NAMED
 
 from .tags import TAG
 
 SUFFIX = ".safetensors"
+REGIONS = "regions"
+_REGION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -137,6 +147,27 @@ class ConceptLibrary:
             f"perfusion concept '{name}' not found in {self.folder} (known: {known}): check the name in "
             f"<perfusion:{name}:...>, or put {name}{SUFFIX} into that folder"
         )
+
+    def region(self, name: str) -> str | torch.Tensor:
+        """What `region=NAME` means: a named region, or the mask `regions/NAME.png` (white: the concept's place)."""
+        if name in NAMED:
+            return name
+        path = self.folder / REGIONS / f"{name}.png"
+        if not _REGION_NAME.match(name) or not path.is_file():
+            raise PerfusionError(f"region '{name}' is neither one of {', '.join(NAMED)} nor a mask in "
+                                 f"{path.parent}: save one in the Perfusion tab, or name a region")
+        with Image.open(path) as image:
+            return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255)
+
+    def save_region(self, name: str, image: Image.Image) -> Path:
+        """Save `image` as the grayscale mask `regions/NAME.png` (atomically) and return its path."""
+        if not _REGION_NAME.match(name or "") or name in NAMED:
+            raise PerfusionError(f"region name {name!r}: use letters, digits, - and _, other than {', '.join(NAMED)}")
+        buffer = io.BytesIO()
+        image.convert("L").save(buffer, format="PNG")
+        path = self.folder / REGIONS / f"{name}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
 
     def by_hash(self, shorthash: str) -> ConceptFile | None:
         return next((f for f in self.files.values() if f.shorthash == shorthash), None)

@@ -44,11 +44,12 @@ class Resolved:
     request: ConceptRequest
     file: ConceptFile
     concept: Concept
+    region: object = None  # a named region or a mask (`ConceptLibrary.region`)
 
     @property
     def use(self) -> ConceptUse:
         r = self.request
-        return ConceptUse(self.concept, r.beta, r.tau, r.strength, r.lock)
+        return ConceptUse(self.concept, r.beta, r.tau, r.strength, r.lock, self.region, r.region_weight)
 
 
 class _RaiseOnCall:
@@ -77,7 +78,8 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
             request = parse_request([str(i) for i in params.positional], params.named)
             file = self.library.find(request.name)
             concept = self.library.load(file)
-            resolved.append(Resolved(request, file, concept))
+            region = None if request.region is None else self.library.region(request.region)
+            resolved.append(Resolved(request, file, concept, region))
         if resolved:
             layers = cross_attention_layers(backend.unet_of(sd_model))
             layer = backend.text_encoder_layer(sd_model)
@@ -105,10 +107,15 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         unet = backend.unet_of(sd_model)
         try:
             uses = [r.use for r in resolved]
+            painted = any(use.region is not None for use in uses)
             if backend.is_forge(sd_model):
+                if painted:
+                    raise PerfusionError("regions are not available on Forge and reForge yet: leave region= out")
                 setattr(p, PATCHES_ATTRIBUTE, build_patch(cross_attention_layers(unet), uses))
             else:
                 self.handle = patch_unet(unet, uses)
+                if painted:
+                    self.handle.set_noise_schedule(sd_model.alphas_cumprod)
         except PerfusionError as error:
             self.fail(sd_model, error)
             return

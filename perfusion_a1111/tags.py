@@ -1,7 +1,10 @@
-"""The `<perfusion:NAME:BETA[:TAU][:tau=..][:strength=..][:lock=global]>` prompt tag and its infotext lines.
+"""The `<perfusion:NAME:BETA[:TAU][:tau=..][:strength=..][:lock=global][:region=..][:region_weight=..]>` prompt
+tag and its infotext lines.
 
-Infotext: `Perfusion: hugsy:0.70:0.15, teddy:0.60:0.15:strength=0.80:lock=global` (one entry per concept,
-the same fields as the tag), and `Perfusion hashes: hugsy: 0123456789ab, ...` (file hashes, for pasting).
+`region` is a named region (left, right, top, bottom, centre, top-left, ...) or the name of a mask saved in the
+concept folder's `regions/` (from the Perfusion tab). Infotext: `Perfusion: hugsy:0.70:0.15,
+teddy:0.60:0.15:strength=0.80:lock=global:region=left` (one entry per concept, the same fields as the tag), and
+`Perfusion hashes: hugsy: 0123456789ab, ...` (file hashes, for pasting).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from perfusion_core.patch import LOCKS
 TAG = "perfusion"
 DEFAULT_BETA = 0.7
 DEFAULT_TAU = 0.15
-_NAMED = ("beta", "tau", "strength", "lock")
+_NAMED = ("beta", "tau", "strength", "lock", "region", "region_weight")
 _TAG_NAME = re.compile(rf"<{TAG}:([^:>]+)")
 
 
@@ -29,10 +32,14 @@ class ConceptRequest:
     tau: float = DEFAULT_TAU
     strength: float = 1.0
     lock: str = "local"
+    region: str | None = None
+    region_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in ":,<>"):
             raise PerfusionError(f"perfusion concept name {self.name!r} is empty or contains one of : , < >")
+        if self.region is not None and (not self.region or any(c in self.region for c in ":,<>")):
+            raise PerfusionError(f"<{TAG}:{self.name}:...>: region {self.region!r} is empty or contains one of : , < >")
         if not self.tau > 0:
             raise PerfusionError(f"<{TAG}:{self.name}:...>: tau must be positive, got {self.tau}")
         if self.lock not in LOCKS:
@@ -45,6 +52,10 @@ class ConceptRequest:
             items.append(f"strength={self.strength:.2f}")
         if self.lock != "local":
             items.append(f"lock={self.lock}")
+        if self.region is not None:
+            items.append(f"region={self.region}")
+            if self.region_weight != 1.0:
+                items.append(f"region_weight={self.region_weight:.2f}")
         return items
 
     @property
@@ -77,6 +88,8 @@ def parse_request(positional: Sequence[str], named: Mapping[str, str]) -> Concep
         tau=_number(name, "tau", values["tau"]) if "tau" in values else DEFAULT_TAU,
         strength=_number(name, "strength", values["strength"]) if "strength" in values else 1.0,
         lock=str(values.get("lock", "local")).strip(),
+        region=values.get("region"),
+        region_weight=_number(name, "region_weight", values["region_weight"]) if "region_weight" in values else 1.0,
     )
 
 

@@ -1,4 +1,4 @@
-"""The "Perfusion" tab: train a concept from a folder of images."""
+"""The "Perfusion" tab: train a concept from a folder of images; save region masks for `region=NAME`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import gradio as gr
 from modules import shared
 from modules.call_queue import wrap_gradio_gpu_call
 
+from perfusion_core import PerfusionError
 from perfusion_core.images import loss_curve, to_pil
 
 from .network import PerfusionNetwork
@@ -60,6 +61,14 @@ def create_tab(network: PerfusionNetwork) -> list[tuple[gr.Blocks, str, str]]:
                 gallery = gr.Gallery(label="Loss and previews", show_label=False, elem_id="perfusion_train_gallery",
                                      columns=2)
                 status = gr.HTML(elem_id="perfusion_train_status", value="")
+                with gr.Accordion("Regions", open=False):
+                    gr.HTML("<p>A mask for <code>&lt;perfusion:NAME:0.7:region=MASK&gt;</code>: white where the "
+                            "concept goes, at the image's aspect ratio. Named regions need none: left, right, top, "
+                            "bottom, centre, top-left, top-right, bottom-left, bottom-right.</p>")
+                    region_image = gr.Image(label="Mask", type="pil", image_mode="L", elem_id="perfusion_region_image")
+                    region_name = gr.Textbox(label="Mask name", elem_id="perfusion_region_name")
+                    save_region = gr.Button("Save mask", elem_id="perfusion_region_save")
+                    region_status = gr.HTML(elem_id="perfusion_region_status", value="")
 
         names = list(inputs)
 
@@ -71,4 +80,15 @@ def create_tab(network: PerfusionNetwork) -> list[tuple[gr.Blocks, str, str]]:
         start.click(fn=wrap_gradio_gpu_call(run, extra_outputs=[gr.update()]), _js="perfusion_start_training",
                     inputs=[dummy, *inputs.values()], outputs=[gallery, status])
         stop.click(fn=lambda: shared.state.interrupt(), inputs=[], outputs=[])
+
+        def store_region(image, name: str) -> str:
+            if image is None:
+                return "<p>Upload a mask image first.</p>"
+            try:
+                path = network.library.save_region(name.strip(), image)
+            except PerfusionError as error:
+                return f"<p>{html.escape(str(error))}</p>"
+            return f"<p>Saved {html.escape(str(path))}: use region={html.escape(name.strip())}.</p>"
+
+        save_region.click(fn=store_region, inputs=[region_image, region_name], outputs=[region_status])
     return [(tab, "Perfusion", "perfusion")]

@@ -39,6 +39,8 @@ def test_tag_arguments_as_a1111_splits_them():
     (["hugsy"], {"gate": "1"}, "unknown setting gate"),
     (["hugsy"], {"tau": "0"}, "tau must be positive"),
     (["hugsy"], {"lock": "tight"}, "lock must be one of"),
+    (["hugsy"], {"region": ""}, "region '' is empty"),
+    (["hugsy"], {"region": "left", "region_weight": "strong"}, "region_weight must be a number"),
 ])
 def test_bad_tags_are_refused_with_the_reason(positional, named, message):
     with pytest.raises(PerfusionError, match=message):
@@ -46,9 +48,11 @@ def test_bad_tags_are_refused_with_the_reason(positional, named, message):
 
 
 def test_infotext_round_trips_every_setting():
-    requests = [ConceptRequest("hugsy", 0.7, 0.15), ConceptRequest("sub/teddy", 0.55, 0.2, 0.8, "global")]
+    requests = [ConceptRequest("hugsy", 0.7, 0.15), ConceptRequest("sub/teddy", 0.55, 0.2, 0.8, "global"),
+                ConceptRequest("rex", region="left"), ConceptRequest("cat", region="my-mask", region_weight=1.5)]
     text = format_infotext(requests)
-    assert text == "hugsy:0.70:0.15, sub/teddy:0.55:0.20:strength=0.80:lock=global"
+    assert text == ("hugsy:0.70:0.15, sub/teddy:0.55:0.20:strength=0.80:lock=global, rex:0.70:0.15:region=left, "
+                    "cat:0.70:0.15:region=my-mask:region_weight=1.50")
     assert parse_infotext(text) == requests
     assert ConceptRequest("hugsy", 0.7).tag == "<perfusion:hugsy:0.70:0.15>"
     hashes = {"hugsy": "0123456789ab", "teddy": "ba9876543210"}
@@ -77,6 +81,26 @@ def test_library_lists_concepts_only_and_finds_them_by_path_or_file_name(folder)
     assert library.find("pets/rex").word == "rex"
     with pytest.raises(PerfusionError, match=r"'nope' not found .*known: hugsy, pets/rex"):
         library.find("nope")
+
+
+def test_regions_by_name_or_as_masks_saved_from_the_tab(folder):
+    from PIL import Image
+
+    library = ConceptLibrary(folder)
+    assert library.region("left") == "left"
+    image = Image.new("L", (8, 4), 0)
+    image.paste(255, (0, 0, 4, 4))
+    path = library.save_region("my-mask", image.convert("RGB"))
+    assert path == folder / "regions" / "my-mask.png"
+    mask = library.region("my-mask")
+    assert mask.shape == (4, 8) and mask[:, :4].eq(1).all() and mask[:, 4:].eq(0).all()
+    with pytest.raises(PerfusionError, match="region 'nothing' is neither one of left, right.*save one in the Perfusion"):
+        library.region("nothing")
+    for bad in ("../up", "left", ""):
+        with pytest.raises(PerfusionError, match="region name"):
+            library.save_region(bad, image)
+    library.refresh()
+    assert sorted(library.files) == ["hugsy", "pets/rex"]  # masks are not concepts
 
 
 def test_library_finds_a_file_added_after_the_last_scan(folder, sd1_layers):
