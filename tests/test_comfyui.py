@@ -253,7 +253,8 @@ def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, trai
     assert render(server) == before
 
 
-@pytest.mark.parametrize("name", ["train-one-concept", "apply-with-gate-sweep", "two-concepts-one-image"])
+@pytest.mark.parametrize("name", ["train-one-concept", "apply-with-gate-sweep", "two-concepts-one-image",
+                                  "paint-two-concepts"])
 def test_example_workflow_runs_on_the_test_checkpoint(server, training_images, name):
     import json
 

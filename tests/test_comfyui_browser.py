@@ -333,6 +333,7 @@ def test_training_shows_live_previews_through_comfyuis_own_preview(server, page)
     "train-one-concept",
     "apply-with-gate-sweep",
     "two-concepts-one-image",
+    "paint-two-concepts",
 ])
 def test_example_workflow_opens_and_queues_what_it_was_built_from(server, page, artifacts, name):
     """The UI-format file, opened by the real front end, turns back into the API graph it was written from."""

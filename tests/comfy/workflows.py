@@ -120,7 +120,13 @@ def example_graphs() -> dict[str, dict]:
                        concepts=({"name": "hugsy.safetensors"}, {"name": "wugsy.safetensors"}),
                        checkpoint=EXAMPLE_CHECKPOINT)
     two["save"]["inputs"]["filename_prefix"] = "two-concepts"
-    return {"train-one-concept": train, "apply-with-gate-sweep": sweep, "two-concepts-one-image": two}
+    painted = sample_graph(prompt="a photo of hugsy and wugsy in a garden", steps=20, size=512,
+                           concepts=({"name": "hugsy.safetensors", "region": "left"},
+                                     {"name": "wugsy.safetensors", "region": "right"}),
+                           checkpoint=EXAMPLE_CHECKPOINT)
+    painted["save"]["inputs"]["filename_prefix"] = "paint-two-concepts"
+    return {"train-one-concept": train, "apply-with-gate-sweep": sweep, "two-concepts-one-image": two,
+            "paint-two-concepts": painted}
 
 
 def for_test(graph: dict) -> dict:
