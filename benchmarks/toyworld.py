@@ -99,10 +99,16 @@ class Scorer:
     def present(self, image: torch.Tensor, objects: tuple[world.Obj, ...], index: int, background: str,
                 concept: world.Concept) -> bool:
         """Whether object `index` of the scene looks more like the concept than like its superclass in any plain
-        colour: the sample's probe features are nearest to the scene rendered with the concept there."""
+        colour or in any texture of the concept's colours: the sample's probe features are nearest to the scene
+        rendered with the concept there."""
         place = objects[index].position
-        looks = [world.concept_scene(concept, place, background).objects[0],
-                 *(world.Obj(concept.superclass, colour, place) for colour in world.COLOURS)]
+        shown = world.concept_scene(concept, place, background).objects[0]
+        others = [world.Obj(concept.superclass, colour, place) for colour in world.COLOURS]
+        colours = (concept.colour, concept.colour2 or concept.inner_ring)
+        for pattern in world.PATTERNS[1:]:
+            for first, second in (colours, colours[::-1]):
+                others.append(world.Obj(concept.superclass, first, place, pattern=pattern, colour2=second))
+        looks = [shown, *(other for other in others if other.look != shown.look)]
         references = self._render([world.Scene((*objects[:index], look, *objects[index + 1:]), background)
                                    for look in looks])
         return int((self.features(references) @ self.features(image[None])[0]).argmax()) == 0
@@ -330,16 +336,16 @@ def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str
 
 
 def model_accuracy(host: DiffusersHost, scorer: Scorer, n: int = 100) -> dict[str, float]:
-    """Probe scores of the toy model's own samples for `n` one-object prompts (fixed seeds)."""
+    """Probe scores of the toy model's own samples for `n` one-object prompts, half of them textured (fixed seeds)."""
     rng = world.scene_rng(7, 0)
-    scenes = [world.random_scene(rng, stage=1) for _ in range(n)]
+    scenes = [s for s in (world.random_scene(rng, stage=3) for _ in range(4 * n)) if len(s.objects) == 1][:n]
     images = host.sample([world.caption(s) for s in scenes], list(range(5000, 5000 + n)))
     return toy_probe.score(scorer.probe, images * 2 - 1, scenes)
 
 
 def probe_accuracy(scorer: Scorer, n: int = 2000) -> dict[str, float]:
-    """The probe on fresh generator images (stage 2 mix)."""
-    images, _, scenes = world.batch(31337, 0, n, stage=2)
+    """The probe on fresh generator images (stage 3 mix, the concepts' looks included)."""
+    images, _, scenes = world.batch(31337, 0, n, stage=3, held_out=False)
     return toy_probe.score(scorer.probe, torch.from_numpy(images), scenes)
 
 
@@ -489,7 +495,7 @@ def main() -> None:
                          device=args.device)
     scorer = Scorer()
     probe_scores, model_scores = probe_accuracy(scorer), model_accuracy(host, scorer)
-    model_attrs = {k: model_scores[k] for k in ("shape", "colour", "position", "background")}
+    model_attrs = {k: model_scores[k] for k in ("shape", "colour", "pattern", "position", "background")}
     print(f"probe on generator images: {probe_scores}\ntoy model samples: {model_scores}", flush=True)
 
     shown = [0, 4, 8, 12, 30, 36, 44, 52]  # a few one-object and two-object scenes of seed 0

@@ -16,13 +16,14 @@ from benchmarks.toyworld import (
 from toyworld import world
 
 
-def _rendered(scenes, recolour: str | None = None) -> torch.Tensor:
+def _rendered(scenes, recolour: str | None = None, texture: tuple[str, str] | None = None) -> torch.Tensor:
     images = []
     for item in scenes:
         objects = list(item.scene.objects)
-        if recolour:  # the superclass in a plain colour instead of the concept's look
+        if recolour:  # the superclass in a plain colour, or with a texture (pattern, colour), not the concept's look
             o = objects[0]
-            objects[0] = world.Obj(o.shape, recolour, o.position, o.dx, o.dy)
+            pattern, colour2 = texture or ("plain", None)
+            objects[0] = world.Obj(o.shape, recolour, o.position, o.dx, o.dy, pattern, colour2)
         images.append(world.render(world.Scene(tuple(objects), item.scene.background)))
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
@@ -37,6 +38,9 @@ def test_scores_of_exact_renders_and_of_a_plain_superclass(name):
     assert exact["concept_fidelity"] > 0.95 and exact["prompt_fidelity"] > 0.95 and exact["concept_present"] > 0.9
     # a plain green superclass where the prompt says: prompt followed, concept not reproduced
     assert plain["prompt_fidelity"] > 0.95 and plain["concept_present"] < 0.05
+    # the concept's colours in another texture are not the concept either
+    striped = scorer.score(_rendered(scenes, recolour=concept.colour, texture=("stripes", "yellow")), scenes, concept)
+    assert striped["prompt_fidelity"] > 0.95 and striped["concept_present"] < 0.05
     assert plain["concept_fidelity"] < exact["concept_fidelity"] - 0.05
     # the concept's checks or ring keep their spread of colours; a flat colour has none
     assert exact["pattern_contrast"] > 0.9 and plain["pattern_contrast"] < 0.2

@@ -44,7 +44,7 @@ LR_EMBEDDING = 0.002
 def world_captions(n: int = 4000, seed: int = 1) -> list[str]:
     """Captions of the toy world itself: the text statistics C of its encoder come from these."""
     rng = world.scene_rng(seed, 0)
-    return [world.caption(world.random_scene(rng, stage=2)) for _ in range(n)]
+    return [world.caption(world.random_scene(rng, stage=3)) for _ in range(n)]
 
 
 def training_data(concept: str, views: tuple[tuple[str, str], ...] = TRAINING_VIEWS,

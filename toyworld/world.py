@@ -56,7 +56,8 @@ CELLS = 8  # texture cells across the image (two pixels each at 16 x 16), anchor
 
 @dataclass(frozen=True)
 class Obj:
-    """One object. `pattern` other than "plain" and `inner_ring` are reserved for concepts."""
+    """One object: a plain fill or a texture (`pattern` in `colour2` on `colour`); `inner_ring` is reserved for
+    concepts."""
 
     shape: str
     colour: str
