@@ -12,6 +12,7 @@ import comfy.conds
 from torch import Tensor, nn
 
 from ..perfusion_core import Concept, IncompatibleConceptError
+from ..perfusion_core.layers import skip_layer_name
 from .patching import SUPERCLASS_CONTEXT
 
 SUPERCLASS_TOKENS = "perfusion_superclass"
@@ -33,9 +34,7 @@ def text_encoder_layer(clip) -> str:
         layer, index = "hidden", clip.layer_idx
     if layer != "hidden":
         return layer
-    count = encoder.num_layers
-    index = index % count
-    return "last" if index == count - 1 else "penultimate" if index == count - 2 else f"hidden{index}"
+    return skip_layer_name(encoder.num_layers - index % encoder.num_layers)  # A1111's CLIP skip, counted from 1
 
 
 def base_tokenizer(tokenizer):

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .concept import Concept
 from .errors import ConceptFileError, PerfusionError
+from .layers import canonical_layer
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a concept is ~40-220 KB; anything this large is not one
@@ -213,13 +214,14 @@ def concept_from_parts(tensors: Mapping[str, Tensor], metadata: Mapping[str, str
         raise ConceptFileError(f"{path.name} has an unreadable context width {context_dim!r}")
     n_embeddings = sum(1 for k in tensors if k.startswith("embedding."))
     prefix = "perfusion.train."
+    family = _require(metadata, "perfusion.family", path)
     try:
         return Concept(
             word=_require(metadata, "perfusion.concept_word", path),
             superclass=_require(metadata, "perfusion.superclass_word", path),
-            family=_require(metadata, "perfusion.family", path),
+            family=family,
             context_dim=int(context_dim),
-            text_encoder_layer=_require(metadata, "perfusion.text_encoder_layer", path),
+            text_encoder_layer=canonical_layer(_require(metadata, "perfusion.text_encoder_layer", path), family),
             i_star=_take(tensors, "i_star", path),
             v=_take(tensors, "v", path),
             i_super=_take(tensors, "i_super", path),

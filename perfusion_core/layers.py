@@ -157,6 +157,19 @@ def skip_layer_name(skip: int) -> str:
     return {1: "last", 2: "penultimate"}.get(skip, f"last-{skip - 1}")
 
 
+# layers of the text encoder whose layer a concept names, by family: CLIP-L, OpenCLIP-H, SDXL's CLIP-L
+_TEXT_LAYERS = {"sd1": 12, "sd2": 24, "sdxl": 12}
+
+
+def canonical_layer(name: str, family: str) -> str:
+    """`name` as every host names it: `hiddenN` (counted from the first layer, as ComfyUI-trained files once
+    recorded a CLIP skip) becomes the `last-K` / `penultimate` of the family's text encoder."""
+    found = re.fullmatch(r"hidden(\d+)", name)
+    if found is None or family not in _TEXT_LAYERS:
+        return name
+    return skip_layer_name(_TEXT_LAYERS[family] - int(found.group(1)))
+
+
 def encoded_layer(family: str, text_encoders: Sequence[nn.Module], clip_skip: int | None = None) -> str:
     """The text-encoder layer a diffusers pipeline's UNet reads, named as concept files record it.
 

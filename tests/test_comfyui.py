@@ -5,6 +5,7 @@ Images are compared bit for bit, always between runs that really executed at the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -26,6 +27,8 @@ def server(request):
         layers = cache_dir() / "models" / "tiny-sd15.layers.json"
         for word, seed in (("hugsy", 0), ("wugsy", 1)):
             write_concept(s.perfusion_dir, word, test_concept(layers, word, seed))
+        skippy = dataclasses.replace(test_concept(layers, "skippy", 4), text_encoder_layer="hidden9")  # an old name
+        write_concept(s.perfusion_dir, "skippy", skippy)
         write_concept(s.perfusion_dir, "xlsy", test_concept(layers, "xlsy", 2, family="sdxl"))
         yield s
 
@@ -168,6 +171,13 @@ def test_global_lock_runs_and_differs_from_local(server):
     local = render(server, concepts=(HUGSY,))
     assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.5},)) != local
     assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.7},)) != local
+
+
+def test_clip_skip_is_named_as_every_host_names_it(server):
+    """CLIP Set Last Layer -3 reads the layer A1111 calls CLIP skip 3 and diffusers clip_skip=2: 'last-2'."""
+    with pytest.raises(ComfyError, match="trained on text-encoder layer 'last' but this model reads layer 'last-2'"):
+        render(server, concepts=(HUGSY,), clip_skip=3)
+    assert render(server, concepts=({"name": "skippy.safetensors"},), clip_skip=3) != render(server, clip_skip=3)
 
 
 def test_wrong_family_stops_the_run_with_the_core_error(server):

@@ -1,5 +1,6 @@
 """Concept files: round trip, sizes, storage precision, and every kind of bad file."""
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -57,6 +58,18 @@ def test_round_trip_and_metadata(tmp_path, sd1_layers):
     assert meta["modelspec.trigger_phrase"] == "hugsy" and meta["modelspec.hash_sha256"].startswith("0x")
     assert meta["perfusion.format_version"] == str(FORMAT_VERSION) and loaded.thumbnail == concept.thumbnail
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic save left no temporary file
+
+
+def test_clip_skip_layers_have_one_name_in_every_host(tmp_path, sd1_layers):
+    from perfusion_core.layers import canonical_layer, skip_layer_name
+
+    # A1111's CLIP skip 3, diffusers' clip_skip=2 and ComfyUI's CLIP Set Last Layer -3 read the same layer
+    assert skip_layer_name(3) == "last-2" and skip_layer_name(2) == "penultimate" and skip_layer_name(1) == "last"
+    # files that ComfyUI once wrote count from the first layer
+    assert [canonical_layer(f"hidden{k}", "sd1") for k in (9, 10, 11)] == ["last-2", "penultimate", "last"]
+    assert canonical_layer("hidden22", "sd2") == "penultimate" and canonical_layer("last-2", "sd1") == "last-2"
+    concept = dataclasses.replace(random_concept(sd1_layers), text_encoder_layer="hidden9")
+    assert load_concept(save_concept(concept, tmp_path / "old.safetensors")).text_encoder_layer == "last-2"
 
 
 def test_trained_key_targets_round_trip(tmp_path, sd1_layers):

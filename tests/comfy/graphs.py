@@ -47,10 +47,10 @@ MODEL_STAGES = ("loras", "concepts", "hypernetwork")
 def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, steps: int = 4, size: int = 64,
                  loras: tuple[str, ...] = (), concepts: tuple[dict, ...] = (), order: tuple[str, ...] = MODEL_STAGES,
                  hypernetwork: bool = False, controlnet: bool = False, negative: str = "", save: bool = True,
-                 checkpoint: str = CHECKPOINT, sdxl: bool = False) -> dict:
-    """Checkpoint (or, with `sdxl`, the SDXL UNet, CLIP pair and VAE files) → LoRAs, Apply Perfusion nodes and the
-    test hypernetwork (each stage if asked for, in `order`) → encode (→ the test ControlNet on a flat hint image)
-    → KSampler → decode → save."""
+                 checkpoint: str = CHECKPOINT, sdxl: bool = False, clip_skip: int = 1) -> dict:
+    """Checkpoint (or, with `sdxl`, the SDXL UNet, CLIP pair and VAE files; `clip_skip` as A1111 counts it) → LoRAs,
+    Apply Perfusion nodes and the test hypernetwork (each stage if asked for, in `order`) → encode (→ the test
+    ControlNet on a flat hint image) → KSampler → decode → save."""
     if sdxl:
         g: dict[str, dict] = {
             "unet": {"class_type": "UNETLoader",
@@ -64,6 +64,9 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
     else:
         g = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
         model, clip, vae = ["ckpt", 0], ["ckpt", 1], ["ckpt", 2]
+    if clip_skip > 1:
+        g["skip"] = {"class_type": "CLIPSetLastLayer", "inputs": {"clip": clip, "stop_at_clip_layer": -clip_skip}}
+        clip = ["skip", 0]
 
     def add_loras():
         nonlocal model, clip
