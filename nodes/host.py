@@ -30,6 +30,7 @@ from ..perfusion_core.second_moment import (
     weights_key,
 )
 from ..perfusion_core.train import Conditioning
+from ..perfusion_core.words import in_vocabulary, known_word
 from .text import encoders, text_encoder_layer, with_concepts
 
 PREVIEW_STEPS = 20
@@ -127,11 +128,8 @@ class ComfyHost:
                     f"the superclass {superclass!r} is {len(ids)} tokens for this text encoder; it must be one "
                     "token: use a single common noun such as 'dog', 'teddy' or 'sculpture'"
                 )
-            if f"{word.lower()}</w>" in tokenizer.tokenizer.get_vocab():
-                raise TrainingError(
-                    f"{word!r} is already a word of the text encoder; choose a new trigger word for the concept "
-                    "(a made-up one such as 'hugsy')"
-                )
+            if in_vocabulary(tokenizer.tokenizer, word):
+                raise known_word(word)
             self._superclass_ids.append(ids[0])
             table = encoder.transformer.get_input_embeddings().weight
             embeddings.append(table[ids[0]].detach().float().cpu().clone())

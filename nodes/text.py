@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import re
 from collections.abc import Mapping
 
 import comfy.conds
@@ -13,6 +12,7 @@ from torch import Tensor, nn
 
 from ..perfusion_core import Concept, IncompatibleConceptError
 from ..perfusion_core.layers import skip_layer_name
+from ..perfusion_core.words import mentions, to_superclass, whole_words
 from .patching import SUPERCLASS_CONTEXT
 
 SUPERCLASS_TOKENS = "perfusion_superclass"
@@ -41,13 +41,6 @@ def base_tokenizer(tokenizer):
     return tokenizer.base if isinstance(tokenizer, TriggerWordTokenizer) else tokenizer
 
 
-def _trigger_pattern(words: list[str]) -> re.Pattern | None:
-    if not words:
-        return None
-    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"(?<![\w:])({alternatives})(?!\w)", re.IGNORECASE)
-
-
 class TriggerWordTokenizer:
     """Tokenizes each concept's trigger word to its learned embedding(s), through ComfyUI's own embedding
     path (so chunking, weights and `(word:1.2)` emphasis work as for textual inversions); the host's
@@ -65,20 +58,15 @@ class TriggerWordTokenizer:
             if own.embedding_directory is None:
                 own.embedding_directory = []
             setattr(self._inner, name, own)
-        self._triggers = _trigger_pattern(list(by_word))
-        self._globals = _trigger_pattern(list(self.superclass))
+        self._triggers = whole_words(by_word) if by_word else None
 
     def _mark(self, text: str) -> str:
         return self._triggers.sub(lambda m: f" embedding:{m.group(1).lower()} ", text) if self._triggers else text
 
-    def _to_superclass(self, text: str) -> str:
-        lookup = {w.lower(): s for w, s in self.superclass.items()}
-        return self._globals.sub(lambda m: lookup[m.group(1).lower()], text)
-
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
         tokens = self._inner.tokenize_with_weights(self._mark(text), return_word_ids, **kwargs)
-        if self._globals is not None and self._globals.search(text):
-            superclass_text = self._mark(self._to_superclass(text))
+        if mentions(text, self.superclass):
+            superclass_text = self._mark(to_superclass(text, self.superclass))
             tokens[SUPERCLASS_TOKENS] = self._inner.tokenize_with_weights(superclass_text, return_word_ids, **kwargs)
         return tokens
 

@@ -10,7 +10,6 @@ rows (the negative prompt, prompts without the word) are their own superclass pr
 from __future__ import annotations
 
 import copy
-import re
 from collections import deque
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from perfusion_core import PatchHandle, PerfusionError
 from perfusion_core.patch import superclass_input
+from perfusion_core.words import mentions, to_superclass
 
 KEPT = 64  # encoded prompts remembered (the web UI may reuse cached conditioning in later generations)
 METHOD = "get_learned_conditioning"
@@ -37,7 +37,6 @@ class SuperclassContexts:
         self.context: Tensor | None = None
         self._sd_model = self._wrapper = self._replaced = None
         self._hook = None
-        self._pattern: re.Pattern | None = None
 
     def install(self, sd_model, unet: nn.Module, handle: PatchHandle | None, words: dict[str, str]) -> None:
         """Follow `words` (concept word -> superclass) until `remove()`; hand each UNet call's superclass
@@ -46,7 +45,6 @@ class SuperclassContexts:
         if words != self.words:
             self.pairs.clear()
         self.words, self.handle = words, handle
-        self._pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b")
         self._sd_model, self._replaced = sd_model, vars(sd_model).get(METHOD)  # another extension's wrapper
         self._wrapper = self._encoding(getattr(sd_model, METHOD))
         setattr(sd_model, METHOD, self._wrapper)
@@ -67,12 +65,12 @@ class SuperclassContexts:
     def _encoding(self, encode: Callable) -> Callable:
         def get_learned_conditioning(texts, *args, **kwargs):
             conditioning = encode(texts, *args, **kwargs)
-            if torch.is_grad_enabled() or not any(self._pattern.search(t) for t in texts):
+            if torch.is_grad_enabled() or not any(mentions(t, self.words) for t in texts):
                 # training (here or in another tab) encodes with gradients: K is not locked there, and kept rows
                 # would hold their graphs
                 return conditioning
             superclass_texts = copy.copy(texts)  # the web UI's prompt list carries the image size
-            superclass_texts[:] = [self._pattern.sub(lambda m: self.words[m.group(1)], t) for t in texts]
+            superclass_texts[:] = [to_superclass(t, self.words) for t in texts]
             self._keep(texts, _crossattn(conditioning), _crossattn(encode(superclass_texts, *args, **kwargs)))
             return conditioning
 
@@ -83,7 +81,7 @@ class SuperclassContexts:
             raise PerfusionError("lock=global: the superclass word does not take the concept word's place "
                                  "token for token; use a one-token superclass")
         for text, row, twin in zip(texts, encoded, twins, strict=True):
-            if self._pattern.search(text):
+            if mentions(text, self.words):
                 self.pairs.append((row, twin))
 
     def twin(self, row: Tensor) -> Tensor:

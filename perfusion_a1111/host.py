@@ -26,6 +26,7 @@ from perfusion_core.second_moment import (
     weights_key,
 )
 from perfusion_core.train import Conditioning
+from perfusion_core.words import known_word
 
 from . import backend
 
@@ -95,6 +96,8 @@ class A1111Host:
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
         if any(c in word for c in "<>:,()[]") or not word.strip():
             raise TrainingError(f"the concept word {word!r} must be one plain word, e.g. 'hugsy'")
+        if all(len(model.tokenize([word])[0]) == 1 for model in self.text_models):
+            raise known_word(word)
         self._single_token(superclass)
         with torch.no_grad(), devices.autocast():
             embeddings = [self._input_embedding(model, superclass).detach().float().cpu() for model in self.text_models]

@@ -18,7 +18,7 @@ from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
-from .words import in_vocabulary, to_superclass
+from .words import in_vocabulary, known_word, to_superclass
 
 
 class DiffusersHost:
@@ -92,10 +92,7 @@ class DiffusersHost:
                     f"use a single-token word{hint}"
                 )
             if in_vocabulary(tokenizer, word) and word not in self._added_words:
-                raise TrainingError(
-                    f"{word!r} is already a word of the tokenizer; choose a new word for the concept "
-                    "(a made-up one such as 'hugsy')"
-                )
+                raise known_word(word)
             embeddings.append(encoder.get_input_embeddings().weight[ids[0]].detach().clone())
         self._word_ids = self._add_word(word)
         self.word, self.superclass = word, superclass

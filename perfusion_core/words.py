@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+
+from .errors import TrainingError
 
 
 def in_vocabulary(tokenizer, word: str) -> bool:
-    """Whether `word` is already a token of `tokenizer` (CLIP's BPE holds a whole word as `word</w>`)."""
+    """Whether `word` is already a token of `tokenizer` (CLIP's BPE lower-cases and holds a whole word as
+    `word</w>`)."""
     vocabulary = tokenizer.get_vocab()
-    return word in vocabulary or f"{word}</w>" in vocabulary
+    return any(w in vocabulary for w in (word, word.lower(), f"{word.lower()}</w>"))
+
+
+def known_word(word: str) -> TrainingError:
+    """The error for training a concept on a word the model already knows."""
+    return TrainingError(f"the concept word {word!r} is already a word of this model's vocabulary, so training would "
+                         "change what it means in every prompt: choose a made-up word such as 'hugsy'")
+
+
+def whole_words(words: Iterable[str]) -> re.Pattern:
+    """A pattern of `words` where they stand as whole words, in any case, and not as a name after a colon
+    (ComfyUI's `embedding:hugsy`)."""
+    alternatives = "|".join(re.escape(w) for w in sorted({w.lower() for w in words}, key=len, reverse=True))
+    return re.compile(rf"(?<![\w:])({alternatives})(?!\w)", re.IGNORECASE)
+
+
+def mentions(prompt: str, words: Iterable[str]) -> bool:
+    """Whether one of `words` stands in `prompt` as a whole word, in any case."""
+    words = list(words)
+    return bool(words) and whole_words(words).search(prompt) is not None
 
 
 def to_superclass(prompt: str, superclasses: Mapping[str, str]) -> str:
@@ -18,5 +40,4 @@ def to_superclass(prompt: str, superclasses: Mapping[str, str]) -> str:
     if not superclasses:
         return prompt
     lookup = {word.lower(): superclass for word, superclass in superclasses.items()}
-    words = "|".join(re.escape(word) for word in sorted(lookup, key=len, reverse=True))
-    return re.sub(rf"(?<!\w)({words})(?!\w)", lambda m: lookup[m.group(1).lower()], prompt, flags=re.IGNORECASE)
+    return whole_words(lookup).sub(lambda m: lookup[m.group(1).lower()], prompt)

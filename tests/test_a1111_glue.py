@@ -200,6 +200,10 @@ def test_global_lock_context_rows_read_the_superclass_prompt(sdxl):
     assert torch.equal(lock.context, torch.stack([torch.cat([twin, twin]), torch.cat([twin, negative])]))
     with pytest.raises(PerfusionError, match="superclass"):
         lock.key_input(torch.zeros(2, 4, 1))  # a context the UNet was not called with
+    # a capitalised word is the word too, and a longer word holding it is not
+    _encode(model, "Hugsy sits", "hugsys sit")
+    unet(torch.zeros(1), context=torch.stack([torch.tensor([[5.0], [4.0]]), torch.tensor([[6.0], [3.0]])]))
+    assert torch.equal(lock.context, torch.stack([torch.tensor([[4.0], [4.0]]), torch.tensor([[6.0], [3.0]])]))
     lock.remove()
     assert "get_learned_conditioning" not in vars(model)
     assert lock.context is None

@@ -20,7 +20,7 @@ from perfusion_core import (
 )
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.train import Trainer, TrainingData, TrainSettings
-from perfusion_core.words import to_superclass
+from perfusion_core.words import mentions, to_superclass
 
 from .builders import WORDS, random_images, tiny_pipeline
 from .conftest import random_concept
@@ -216,9 +216,10 @@ def test_two_concepts_share_one_joint_patch(sd1_file):
 
 def test_superclass_prompts_replace_whole_words_only():
     words = {"hugsy": "teddy", "hug": "cat"}
-    assert to_superclass("Hugsy, hugsy! hugsys hugsy_2 unhugsy (hugsy) hug", words) == (
-        "teddy, teddy! hugsys hugsy_2 unhugsy (teddy) cat")
+    assert to_superclass("Hugsy, hugsy! hugsys hugsy_2 unhugsy (hugsy) hug embedding:hugsy", words) == (
+        "teddy, teddy! hugsys hugsy_2 unhugsy (teddy) cat embedding:hugsy")
     assert to_superclass("a hugsy", {}) == "a hugsy"
+    assert mentions("A HUGSY", words) and not mentions("hugsys", words) and not mentions("a hugsy", [])
 
 
 def test_global_lock_keys_read_the_superclass_prompt(sd1_file):
