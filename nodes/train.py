@@ -15,10 +15,12 @@ from torch import Tensor
 from ..perfusion_core import TrainingError
 from ..perfusion_core.captions import load_captions
 from ..perfusion_core.images import data_url, loss_curve, preview_grid, to_pil
-from ..perfusion_core.train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
+from ..perfusion_core.train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 from .concepts import ConceptType, default_folder
 from .host import ComfyHost
 from .patching import current_uses
+
+CAPTIONS = len(load_captions())
 
 EVENT = "perfusion.train"
 log = logging.getLogger("perfusion")
@@ -56,15 +58,16 @@ def _inputs() -> list:
                        tooltip="Gate temperature τ during training (the paper: 0.10)."),
         io.Int.Input("preview_every", default=50, min=1, max=100000,
                      tooltip="Render a preview ('a photo of a WORD') every N steps; at least one is rendered."),
-        io.Int.Input("save_every", default=50, min=0, max=100000,
+        io.Int.Input("save_every", default=SAVE_EVERY, min=0, max=100000,
                      tooltip="Write the concept and its resumable state every N steps (0: only at the end). "
                              "Cancelling saves the steps done so far."),
         io.Boolean.Input("resume", default=False, tooltip="Continue NAME's run from NAME.state.safetensors (its own "
                                                           "settings; steps, preview and save intervals from here)."),
-        io.Int.Input("caption_count", default=2000, min=16, max=24000,
-                     tooltip="Captions (of the 24,000 shipped) used to estimate the text-encoder statistics C. "
-                             "More is better: use all 24,000 on a GPU; on a CPU 2,000 takes minutes. Computed once "
-                             "per text encoder and count, then cached."),
+        io.Int.Input("caption_count", default=CAPTIONS, min=16, max=CAPTIONS,
+                     tooltip=f"Captions (of the {CAPTIONS:,} shipped) used to estimate the text-encoder statistics C. "
+                             "All of them by default, as every host and the command line use, so that a concept gets "
+                             "the same C wherever it is trained; fewer is faster on a CPU. Computed once per text "
+                             "encoder and count, then cached."),
         io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
                          tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
         io.Mask.Input("mask", optional=True, tooltip="Optional: where the concept is (1) in each image; the loss "

@@ -11,7 +11,7 @@ from modules import sd_hijack, sd_models, shared
 
 from perfusion_core import TrainingError
 from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
-from perfusion_core.train import StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
+from perfusion_core.train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
 
 from . import backend
 from .forge_host import ForgeHost
@@ -38,7 +38,7 @@ class TrainRequest:
     tau: float = _RECIPE["tau"]
     seed: int = _RECIPE["seed"]
     resolution: int = 512
-    save_every: int = 100
+    save_every: int = SAVE_EVERY
     preview_every: int = _RECIPE["preview_every"]
     preview_prompt: str = "a photo of a {}"
     preview_steps: int = 20
@@ -139,7 +139,8 @@ def train(request: TrainRequest, network: PerfusionNetwork) -> TrainOutcome:
     try:
         with trainable(host.modules):
             if request.resume:
-                trainer = Trainer.resume(host, data, out, steps=request.steps,
+                trainer = Trainer.resume(host, data, out, steps=request.steps, save_every=request.save_every,
+                                         preview_every=request.preview_every,
                                          gradient_checkpointing=request.gradient_checkpointing)
             else:
                 trainer = Trainer(host, data, request.settings(), out)

@@ -30,6 +30,10 @@ from .patch import ConceptUse, PatchHandle, build_patch, install_patch
 from .second_moment import Progress, SecondMoment
 
 STATE_FORMAT = 1
+# What every host offers beyond the recipe: its checkpoint interval, and what a resumed run may change (the rest of
+# the recipe, C's captions included, stays the run's own)
+SAVE_EVERY = 100
+RESUMABLE = ("steps", "save_every", "preview_every", "gradient_checkpointing")
 STUCK_ZERO_STEPS = 10  # a loss of exactly zero this many steps running means nothing is learned
 
 TEMPLATES = (
@@ -371,7 +375,12 @@ class Trainer:
 
     @classmethod
     def resume(cls, host: TrainingHost, data: TrainingData, path: str | Path, **overrides: Any) -> Trainer:
-        """Continue a run from its state file (or the concept file beside it) with the file's own settings."""
+        """Continue a run from its state file (or the concept file beside it) with the file's own settings; only the
+        `RESUMABLE` ones may be overridden."""
+        fixed = sorted(set(overrides) - set(RESUMABLE))
+        if fixed:
+            raise TrainingError(f"a resumed run keeps its recipe: {', '.join(fixed)} cannot change (only "
+                                f"{', '.join(RESUMABLE)} can); start a new run to change them")
         state_path = state_path_for(path)
         if not state_path.is_file():
             raise TrainingError(f"no training state {state_path.name} beside {Path(path).name}: cannot resume")

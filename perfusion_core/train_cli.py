@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .captions import load_captions
 from .images import image_grid, load_image_folder, loss_curve, save_image
-from .train import StepInfo, Trainer, TrainingData, TrainSettings
+from .train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings
 
 EXAMPLE = """example:
   python -m perfusion_core train --model toyworld/model --images my_teddy/ --superclass teddy \\
@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--seed", type=int, default=0)
     recipe.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% more time")
     run = parser.add_argument_group("run")
-    run.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (100; 0: end only)")
+    run.add_argument("--save-every", type=int, default=SAVE_EVERY,
+                     help=f"checkpoint every N steps ({SAVE_EVERY}; 0: end only)")
     run.add_argument("--preview-every", type=int, default=0, help="preview images every N steps (0: none)")
     run.add_argument("--preview-prompt", action="append", help="preview prompt with {} for the word (repeatable)")
     run.add_argument("--resume", metavar="FILE", help="continue from a concept or .state.safetensors file")

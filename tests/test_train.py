@@ -119,6 +119,11 @@ def test_a_stop_saves_the_steps_done(sd1_folder, tmp_path):
         trainer.run(should_stop=cancel)
     assert load_concept(out).training["steps"] == "3"
     assert Trainer.resume(host, data, out).step == 3
+    # every host resumes with the run's own recipe: only the run's length, intervals and memory setting change
+    resumed = Trainer.resume(host, data, out, steps=9, save_every=3, preview_every=0, gradient_checkpointing=True)
+    assert (resumed.settings.steps, resumed.settings.save_every) == (9, 3)
+    with pytest.raises(TrainingError, match="keeps its recipe: beta, lr_target cannot change"):
+        Trainer.resume(host, data, out, beta=0.5, lr_target=0.1)
 
 
 def test_bad_words_and_data(sd1_folder, tmp_path):
