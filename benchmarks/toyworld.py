@@ -198,7 +198,8 @@ def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, st
         methods.append(Method(name, word, trained.embeddings, _perfusion(host, trained), BETAS,
                               clock() - started, trained))
     for name, train, knobs in (("textual_inversion", baselines.textual_inversion, (1.0,)),
-                               ("lora_r4", baselines.lora, SCALES), ("full_fine_tune", baselines.full_fine_tune, SCALES)):
+                               ("lora_r4", baselines.lora, SCALES),
+                               ("full_fine_tune", baselines.full_fine_tune, SCALES)):
         if only is not None and name not in only:
             continue
         started = clock()
@@ -388,7 +389,8 @@ def plot_fronts(points: dict[str, list[dict]], path: Path, size: int = 560) -> N
 
 
 def table(points: dict[str, list[dict]], seconds: dict[str, float], clock: str = "CPU") -> str:
-    lines = [f"| method | knob | concept fidelity | prompt fidelity | concept present | pattern contrast | train {clock} s |",
+    lines = ["| method | knob | concept fidelity | prompt fidelity | concept present | pattern contrast | "
+             f"train {clock} s |",
              "|---|---|---|---|---|---|---|"]
     for name, ps in points.items():
         for p in ps:
@@ -402,7 +404,8 @@ def table(points: dict[str, list[dict]], seconds: dict[str, float], clock: str =
 def regions_table(rows: dict[str, dict]) -> str:
     """Both-present rates by training and method (rows) and region weight (columns; 0: no regions)."""
     weights = [f"{w:g}" for w in (0.0, *REGION_WEIGHTS)]
-    lines = ["| training | method | " + " | ".join(f"w {w}" for w in weights) + " |", "|---|---|" + "---|" * len(weights)]
+    lines = ["| training | method | " + " | ".join(f"w {w}" for w in weights) + " |",
+             "|---|---|" + "---|" * len(weights)]
     for training, row in rows.items():
         for name in COMPANION_METHODS:
             lines.append(f"| {training} | {name} | " + " | ".join(f"{row[name][w]:.2f}" for w in weights) + " |")
@@ -566,15 +569,18 @@ def main() -> None:
         "seconds": round(time.monotonic() - started),
     }
     markdown = ["# Toy-world personalisation benchmark", "",
-                f"Mean over {', '.join(WORDS)}; {args.steps} steps, batch 16, {len(demo.TRAINING_VIEWS)} images each.", "",
-                table(points, mean_seconds, clock), "", "## One-shot (checker_heart, one image)", "", table(one_shot, {}, clock), "",
+                f"Mean over {', '.join(WORDS)}; {args.steps} steps, batch 16, {len(demo.TRAINING_VIEWS)} images "
+                "each.", "",
+                table(points, mean_seconds, clock), "",
+                "## One-shot (checker_heart, one image)", "", table(one_shot, {}, clock), "",
                 "## Two concepts in one prompt (both present)", "",
                 *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), "",
-                f"## Companion training ({len(demo.TRAINING_VIEWS)} views + {len(demo.COMPANION_VIEWS)} beside an ordinary "
-                "object named first; Perfusion at β 0.7)", "",
+                f"## Companion training ({len(demo.TRAINING_VIEWS)} views + {len(demo.COMPANION_VIEWS)} beside an "
+                "ordinary object named first; Perfusion at β 0.7)", "",
                 table(companion_means, {}, clock), "",
                 *(f"- two concepts, {name}: {value:.2f}" for name, value in two_concept_companions.items()), "",
-                "## Paint with concepts (two concepts, each with the half of the image it is prompted in; one pass)", "",
+                "## Paint with concepts (two concepts, each with the half of the image it is prompted in; one "
+                "pass)", "",
                 regions_table({"five views": regions, "companion training": regions_companions}), "",
                 f"Painted pass over unpainted pass (Perfusion, same prompts): {regions['overhead']:.3f} "
                 f"(companion training: {regions_companions['overhead']:.3f})", ""]

@@ -1,6 +1,6 @@
 """Perfusion: key-locked, gated rank-1 editing of cross-attention for text-to-image personalisation.
 
-Standalone: imports only torch, safetensors, einops and numpy. Hosts (ComfyUI, A1111, diffusers)
+Standalone: imports only torch, safetensors and numpy. Hosts (ComfyUI, A1111, diffusers)
 drive it through the public API below; `load_perfusion` and its companions drive a diffusers pipeline
 they are given without importing diffusers.
 """

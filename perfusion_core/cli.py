@@ -15,8 +15,10 @@ def _info(args: argparse.Namespace) -> None:
     concept = load_concept(args.file)
     stored, _ = read_safetensors(args.file)
     t = concept.training
-    print(f"{concept.word}  (superclass: {concept.superclass})  {concept.title if concept.title != concept.word else ''}")
-    print(f"  base: {concept.family}, context width {concept.context_dim}, text-encoder layer {concept.text_encoder_layer}")
+    title = concept.title if concept.title != concept.word else ""
+    print(f"{concept.word}  (superclass: {concept.superclass})  {title}")
+    print(f"  base: {concept.family}, context width {concept.context_dim}, "
+          f"text-encoder layer {concept.text_encoder_layer}")
     print(f"  trained: {t.get('steps', '?')} steps on {t.get('images', '?')} images, beta {t.get('beta', '?')}, "
           f"tau {t.get('tau', '?')}, seed {t.get('seed', '?')}; created {concept.created_at or '?'}")
     print(f"  file: {Path(args.file).stat().st_size / 1024:.1f} KB, C fingerprint {concept.c_fingerprint or '-'}, "

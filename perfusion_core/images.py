@@ -22,8 +22,9 @@ def image_grid(images: Tensor, columns: int, pad: int = 2, fill: float = 1.0) ->
     rows = -(-n // columns)
     grid = torch.full((c, rows * (h + pad) + pad, columns * (w + pad) + pad), fill, dtype=images.dtype)
     for k, image in enumerate(images):
-        r, col = divmod(k, columns)
-        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = image
+        row, column = divmod(k, columns)
+        top, left = pad + row * (h + pad), pad + column * (w + pad)
+        grid[:, top : top + h, left : left + w] = image
     return grid
 
 

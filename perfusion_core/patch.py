@@ -64,7 +64,10 @@ def as_uses(items: Iterable[UseLike]) -> list[ConceptUse]:
     """
     by_word: dict[str, ConceptUse] = {}
     for item in items:
-        use = item if isinstance(item, ConceptUse) else ConceptUse(item) if isinstance(item, Concept) else ConceptUse(*item)
+        if isinstance(item, ConceptUse):
+            use = item
+        else:
+            use = ConceptUse(item) if isinstance(item, Concept) else ConceptUse(*item)
         by_word.pop(use.concept.word, None)
         by_word[use.concept.word] = use
     if not by_word:
@@ -98,7 +101,8 @@ def check_combinable(uses: Sequence[ConceptUse]) -> None:
     first = uses[0].concept
     for use in uses[1:]:
         c = use.concept
-        if (c.family, c.context_dim, c.text_encoder_layer) != (first.family, first.context_dim, first.text_encoder_layer):
+        encoder = (c.family, c.context_dim, c.text_encoder_layer)
+        if encoder != (first.family, first.context_dim, first.text_encoder_layer):
             raise IncompatibleConceptError(
                 f"concepts '{first.name}' ({first.family}, width {first.context_dim}, layer "
                 f"{first.text_encoder_layer}) and '{c.name}' ({c.family}, width {c.context_dim}, layer "
@@ -130,7 +134,8 @@ def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) 
     return {
         layer.name: LayerPatch(
             key=GatedProjection(key_projector, *_key_targets(keyed, layer)) if key_projector else None,
-            value=GatedProjection(value_projector, added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses])),
+            value=GatedProjection(value_projector,
+                                  added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses])),
             key_reads_superclass=len(local) < len(uses),
             painter=painter or None,
         )

@@ -164,7 +164,8 @@ def test_regions_paint_each_concept_in_one_pass_and_leave_no_trace(server):
     global_lock = render(server, prompt=prompt, concepts=({**HUGSY, "region": "left", "lock": "global"}, WUGSY))
     assert global_lock not in {plain, painted}
     assert render(server, prompt=prompt, concepts=(HUGSY, WUGSY)) == plain  # the regions are gone with their nodes
-    assert render(server, prompt=prompt, concepts=({**HUGSY, "region": "left"}, {**WUGSY, "region": "right"})) == painted
+    again = render(server, prompt=prompt, concepts=({**HUGSY, "region": "left"}, {**WUGSY, "region": "right"}))
+    assert again == painted
 
 
 def test_global_lock_runs_and_differs_from_local(server):
@@ -226,7 +227,8 @@ def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
 
     entry = server.run(train_graph(training_images, "trained", steps=5, preview_every=5))
     concept = load_concept(server.perfusion_dir / "trained.safetensors")
-    assert (concept.word, concept.superclass, concept.family, concept.training["steps"]) == ("hugsy", "teddy", "sd1", "5")
+    described = (concept.word, concept.superclass, concept.family, concept.training["steps"])
+    assert described == ("hugsy", "teddy", "sd1", "5")
     assert (server.perfusion_dir / "trained.state.safetensors").is_file()
     assert len(server.images(entry, "loss")) == 1 and len(server.images(entry, "previews")) == 1
     options = server.get("/object_info/PerfusionLoadConcept")["PerfusionLoadConcept"]["input"]["required"]

@@ -47,15 +47,15 @@ LOADER, APPLY, SWEEP, TRAIN = "PerfusionLoadConcept", "PerfusionApply", "Perfusi
 TITLES = {LOADER: "Load Perfusion Concept", APPLY: "Apply Perfusion", SWEEP: "Perfusion Gate Sweep",
           TRAIN: "Train Perfusion"}
 # The widgets of each node, in order: the inputs nodes/ declares as widgets, what the front end adds itself
-# (a control after an INT named `seed`, unless the node declines it as Train does) and the DOM widgets web/*.js adds (the concept's preview and metadata
-# on the loader, the loss chart and latest preview on the trainer).
+# (a control after an INT named `seed`, unless the node declines it as Train does) and the DOM widgets web/*.js
+# adds (the concept's preview and metadata on the loader, the loss chart and latest preview on the trainer).
 FRONT_END_ADDED = {"control_after_generate", "concept_info", "training"}
 WIDGETS = {
     LOADER: ["concept_name", "concept_info"],
-    APPLY: ["beta", "tau", "strength", "lock"],
+    APPLY: ["beta", "tau", "strength", "lock", "region_weight"],
     SWEEP: ["betas", "tau", "strength", "lock"],
-    TRAIN: ["word", "superclass", "name", "steps", "lr_target", "lr_embedding", "batch_size", "seed", "beta", "tau", "preview_every", "save_every", "resume", "caption_count",
-            "gradient_checkpointing", "training"],
+    TRAIN: ["word", "superclass", "name", "steps", "lr_target", "lr_embedding", "batch_size", "seed", "beta", "tau",
+            "preview_every", "save_every", "resume", "caption_count", "gradient_checkpointing", "training"],
 }
 DOM_WIDGETS = {LOADER: ("concept_info", "perfusion_info"), TRAIN: ("training", "perfusion_train")}
 OUR_FILES = ("perfusion.js", "perfusion-train.js")
@@ -201,7 +201,8 @@ DOM_STATE = """([id, name]) => {
 }"""
 
 TRAIN_EVENTS = """([id, preview]) => {
-  const send = (detail) => app.api.dispatchEvent(new CustomEvent("perfusion.train", {detail: {node: String(id), ...detail}}));
+  const send = (detail) => app.api.dispatchEvent(
+    new CustomEvent("perfusion.train", {detail: {node: String(id), ...detail}}));
   const losses = Array.from({length: 60}, (_, i) => 0.05 + 0.25 * Math.exp(-i / 15) + 0.03 * Math.sin(i * 1.7));
   send({phase: "statistics", done: 32, total: 64});
   send({phase: "training", step: 60, steps: 400, loss: losses.at(-1), losses, eta: 95.4});
@@ -266,8 +267,9 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
                         ".includes('trigger: wugsy')", timeout=60_000)
 
     # a damaged file: the loader says what is wrong instead of showing stale metadata
-    choose = f"""(name) => {{ const w = app.graph.getNodeById({loader_id}).widgets.find((w) => w.name === "concept_name");
-                             w.value = name; w.callback?.(w.value); }}"""
+    choose = f"""(name) => {{
+      const w = app.graph.getNodeById({loader_id}).widgets.find((w) => w.name === "concept_name");
+      w.value = name; w.callback?.(w.value); }}"""
     hugsy = (server.perfusion_dir / "hugsy.safetensors").read_bytes()
     (server.perfusion_dir / "broken.safetensors").write_bytes(hugsy[: len(hugsy) // 2])
     p.evaluate(choose, "broken.safetensors")

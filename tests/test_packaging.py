@@ -1,4 +1,4 @@
-"""`pip install .`: the wheel holds perfusion_core alone, with its data and exactly its four dependencies."""
+"""`pip install .`: the wheel holds perfusion_core alone, with its data and exactly its three dependencies."""
 
 import json
 import os
@@ -41,7 +41,8 @@ def test_the_wheel_installs_perfusion_core_alone_into_a_fresh_venv(tmp_path):
     source = tmp_path / "source"  # a copy, so that building leaves nothing in the checkout
     shutil.copytree(ROOT, source, ignore=NOT_SOURCES)
     # no build isolation: the build uses this environment's setuptools, nothing is downloaded
-    _run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", source, cwd=tmp_path)
+    _run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", source,
+         cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("perfusion-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"perfusion_core", wheel.name.split("-py3")[0] + ".dist-info"}
@@ -51,11 +52,11 @@ def test_the_wheel_installs_perfusion_core_alone_into_a_fresh_venv(tmp_path):
     _run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
     _run(python, "-m", "pip", "install", "--no-deps", "--no-index", wheel, cwd=tmp_path)
-    # the four dependencies come from this environment instead of the registry
+    # the three dependencies come from this environment instead of the registry
     site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path).strip())
     (site / "project-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     found = json.loads(_run(python, "-c", CHECK, cwd=tmp_path))
     assert Path(found["location"]).is_relative_to(site)
-    assert found["requires"] == ["torch", "safetensors", "einops", "numpy"]
+    assert found["requires"] == ["torch", "safetensors", "numpy"]
     assert found["captions"] == 24_000
     assert found["hosts imported"] == [] and found["others installed"] == []

@@ -34,7 +34,8 @@ def _painter(layers, weight: float = 1.0, region: torch.Tensor | None = None) ->
 
 
 def test_levels_of_a_unet_and_masks_on_them():
-    assert grid_for(64, 8, 8) == (8, 8) and grid_for(16, 8, 8) == (4, 4) and grid_for(15, 5, 9) == (3, 5) and grid_for(6, 5, 9) == (2, 3)
+    assert grid_for(64, 8, 8) == (8, 8) and grid_for(16, 8, 8) == (4, 4)
+    assert grid_for(15, 5, 9) == (3, 5) and grid_for(6, 5, 9) == (2, 3)
     with pytest.raises(PerfusionError, match="input size"):
         grid_for(10, 8, 8)
     mask = resize(_left_half(64), (4, 4)).view(4, 4)
@@ -90,7 +91,7 @@ def test_the_concepts_attention_inside_the_region_rises_with_the_weight(sd1_laye
 
 def test_painted_attention_without_paint_is_attention():
     g = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(2, 16, 32, generator=g), torch.randn(2, 6, 32, generator=g), torch.randn(2, 6, 32, generator=g)
+    q, k, v = (torch.randn(2, n, 32, generator=g) for n in (16, 6, 6))
     out = painted_attention(q, k, v, 4, torch.zeros(2, 16, 6), torch.tensor([5.0, 5.0]))
     heads = [t.view(2, -1, 4, 8).transpose(1, 2) for t in (q, k, v)]
     expected = torch.nn.functional.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(2, 16, 32)
@@ -126,6 +127,7 @@ def test_a_patch_without_regions_leaves_attention_alone_and_regions_unpatch_exac
 
 def test_bad_regions_are_refused_by_name(sd1_layers):
     concept = random_concept(sd1_layers)
-    for bad, message in ((torch.ones(2, 8, 8), "one \\(height, width\\) mask"), (torch.full((8, 8), 2.0), "\\[0, 1\\]")):
+    bad_regions = ((torch.ones(2, 8, 8), "one \\(height, width\\) mask"), (torch.full((8, 8), 2.0), "\\[0, 1\\]"))
+    for bad, message in bad_regions:
         with pytest.raises(PerfusionError, match=message):
             patch_unet(tiny_unet(), [ConceptUse(concept, region=bad)])

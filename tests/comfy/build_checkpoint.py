@@ -118,7 +118,8 @@ def hypernetwork_state(seed: int = 3) -> dict:
 
     def side() -> dict[str, torch.Tensor]:
         return {f"linear.{k}.{kind}": torch.randn(*shape, generator=g) * 0.02
-                for k, (a, b) in enumerate(((768, 192), (192, 768))) for kind, shape in (("weight", (b, a)), ("bias", (b,)))}
+                for k, (a, b) in enumerate(((768, 192), (192, 768)))
+                for kind, shape in (("weight", (b, a)), ("bias", (b,)))}
 
     return {768: [side(), side()], "activation_func": "relu", "is_layer_norm": False}
 

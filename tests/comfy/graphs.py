@@ -30,7 +30,8 @@ def test_concept(layers_json: Path, word: str, seed: int, family: str = "sd1", s
         word=word, superclass=superclass, family=family, context_dim=d,
         text_encoder_layer="penultimate" if family == "sdxl" else "last",  # what each family's host reads
         i_star=i_star, v=i_star.clone(), i_super=torch.randn(d, generator=g),
-        embeddings=[torch.randn(768, generator=g) * 0.02] + ([torch.randn(1280, generator=g) * 0.02] if d == 2048 else []),
+        embeddings=[torch.randn(768, generator=g) * 0.02]
+        + ([torch.randn(1280, generator=g) * 0.02] if d == 2048 else []),
         o_v={name: torch.randn(w, generator=g) for name, w in widths.items()},
         training={"steps": "0", "images": "0"},
     )
