@@ -13,8 +13,8 @@ import json
 import statistics
 import sys
 
-from tests.comfy.graphs import sample_graph, test_concept, write_concept
-from tests.comfy.server import cache_dir, comfyui_tree, running_server
+from harness.comfy.graphs import sample_graph, test_concept, write_concept
+from harness.comfy.server import cache_dir, comfyui_tree, running_server
 
 WORDS = ("hugsy", "wugsy", "bugsy", "mugsy")
 

@@ -15,8 +15,8 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
+from harness.models import random_concept
 from perfusion_core import cross_attention_layers, patch_unet
-from tests.conftest import random_concept
 
 
 def main() -> None:

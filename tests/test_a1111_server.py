@@ -29,7 +29,7 @@ pytestmark = pytest.mark.a1111
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = ("A1111", "FORGE")  # environment variable prefixes: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
-MODEL_BUILDER = Path(__file__).with_name("test_a1111_model.py")
+MODEL_BUILDER = Path(__file__).parents[1] / "harness" / "a1111_model.py"
 STARTUP_SECONDS = 240
 # A1111 downloads its SDXL live-preview decoder (it ships only SD1's): no live previews for the SDXL model
 OFFLINE = {"xl": {"live_previews_enable": False}}

@@ -10,8 +10,8 @@ import hashlib
 
 import pytest
 
-from .comfy.graphs import fresh, render
-from .comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_trees, running_server
+from harness.comfy.graphs import fresh, render
+from harness.comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_trees, running_server
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -21,7 +21,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module", params=comfyui_trees(), ids=str)
 def server(request):
-    from .comfy.graphs import test_concept, write_concept
+    from harness.comfy.graphs import test_concept, write_concept
 
     with running_server(request.param) as s:
         layers = cache_dir() / "models" / "tiny-sd15.layers.json"
@@ -188,7 +188,7 @@ def test_wrong_family_stops_the_run_with_the_core_error(server):
 
 
 def test_gate_sweep_renders_one_image_per_beta(server):
-    from .comfy.graphs import sample_graph
+    from harness.comfy.graphs import sample_graph
 
     graph = sample_graph()
     graph["load"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": "hugsy.safetensors"}}
@@ -215,15 +215,14 @@ def test_loader_route_describes_a_concept(server):
 
 @pytest.fixture(scope="module")
 def training_images(server) -> list[str]:
-    from .comfy.graphs import write_training_images
+    from harness.comfy.graphs import write_training_images
 
     return write_training_images(server.base / "input")
 
 
 def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
+    from harness.comfy.graphs import train_graph
     from perfusion_core import load_concept
-
-    from .comfy.graphs import train_graph
 
     entry = server.run(train_graph(training_images, "trained", steps=5, preview_every=5))
     concept = load_concept(server.perfusion_dir / "trained.safetensors")
@@ -241,9 +240,8 @@ def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
 def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, training_images):
     import time
 
+    from harness.comfy.graphs import train_graph
     from perfusion_core import load_concept
-
-    from .comfy.graphs import train_graph
 
     before = render(server)
     state = server.perfusion_dir / "cancelled.state.safetensors"
@@ -270,7 +268,7 @@ def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, trai
 def test_example_workflow_runs_on_the_test_checkpoint(server, training_images, name):
     import json
 
-    from .comfy.workflows import EXAMPLES, for_test, to_api
+    from harness.comfy.workflows import EXAMPLES, for_test, to_api
 
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     assert (EXAMPLES / f"{name}.jpg").stat().st_size > 1000

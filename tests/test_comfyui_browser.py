@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .comfy.server import PACK_NAME, cache_dir, comfyui_trees, running_server
+from harness.comfy.server import PACK_NAME, cache_dir, comfyui_trees, running_server
 
 WAIT_MS = 300_000  # a 2-core machine shared with other jobs: the first page load can be slow
 
@@ -74,7 +74,7 @@ def png_data_url(size: int = 64, colours=((200, 40, 40), (240, 200, 40))) -> str
 
 @pytest.fixture(scope="module", params=comfyui_trees(), ids=str)
 def server(request):
-    from .comfy.graphs import test_concept, write_concept
+    from harness.comfy.graphs import test_concept, write_concept
 
     with running_server(request.param, timeout=600) as s:
         layers = cache_dir() / "models" / "tiny-sd15.layers.json"
@@ -315,7 +315,7 @@ LISTEN = """() => {
 def test_training_shows_live_previews_through_comfyuis_own_preview(server, page):
     """A real Train Perfusion run queued for this page: each preview reaches it as ComfyUI's own node preview
     (the binary preview messages KSampler's previews use) as well as in the node's perfusion.train messages."""
-    from .comfy.graphs import train_graph, write_training_images
+    from harness.comfy.graphs import train_graph, write_training_images
 
     images = write_training_images(server.base / "input")
     p = page.page
@@ -339,7 +339,7 @@ def test_training_shows_live_previews_through_comfyuis_own_preview(server, page)
 ])
 def test_example_workflow_opens_and_queues_what_it_was_built_from(server, page, artifacts, name):
     """The UI-format file, opened by the real front end, turns back into the API graph it was written from."""
-    from .comfy.workflows import EXAMPLES, example_graphs
+    from harness.comfy.workflows import EXAMPLES, example_graphs
 
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     p = page.page

@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from .comfy.graphs import fresh, render
-from .comfy.server import ComfyError, cache_dir, comfyui_trees, running_server
+from harness.comfy.graphs import fresh, render
+from harness.comfy.server import ComfyError, cache_dir, comfyui_trees, running_server
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -26,7 +26,7 @@ SDXL = {"sdxl": True, "steps": 2}
 
 @pytest.fixture(scope="module", params=comfyui_trees(), ids=str)
 def server(request):
-    from .comfy.graphs import test_concept, write_concept
+    from harness.comfy.graphs import test_concept, write_concept
 
     with running_server(request.param, threads=2, sdxl=True) as s:
         models = cache_dir() / "models"

@@ -2,11 +2,11 @@
 
 Run with A1111's own interpreter, from its root, so `ldm` and `open_clip` import:
 
-    A1111_PYTHON tests/test_a1111_model.py OUT_DIR NAME CONTEXT_DIM SEED [--concept FILE]...
+    A1111_PYTHON harness/a1111_model.py OUT_DIR NAME CONTEXT_DIM SEED [--concept FILE]...
 
 writes `OUT_DIR/NAME.safetensors` with `NAME.yaml` beside it (A1111 prefers that config) and a local CLIP
 tokenizer folder, all without network access. Each `--concept FILE` (`WORD.safetensors`) also gets a
-random concept that fits the model. This module holds no tests; the acceptance tests import nothing from it.
+random concept that fits the model. The acceptance tests import nothing from it.
 
 In A1111 CONTEXT_DIM 2048 gives SDXL: `sd_xl_base.yaml` with a small UNet (context 2048, the pooled and size
 vectors of 2816), a two-layer CLIP-L and the full OpenCLIP ViT-bigG-14 text tower (open_clip knows the
@@ -17,7 +17,7 @@ builds the text encoders and VAE from the configs it ships, so there CONTEXT_DIM
 or 2048 (SDXL), all with Forge's own classes and full-size text encoders and VAE. The SD1 and SD2 UNets are
 small (two levels, 320 channels); SDXL's is full size (2.6 B parameters, `SDXL_UNET`), built on the meta device
 and drawn tensor by tensor as the file is written (5 GB in fp16). `SDXL_UNET` and `random_unet_tensor` are
-also what tests/comfy/build_checkpoint.py builds ComfyUI's SDXL test UNet from.
+also what harness/comfy/build_checkpoint.py builds ComfyUI's SDXL test UNet from.
 
 reForge (`ldm_patched/` in its root) also detects a checkpoint by its UNet's shape: there CONTEXT_DIM is 768,
 1024 or 2048, the UNet comes from A1111's config, written beside the checkpoint (small for SD1 and SD2, full size for

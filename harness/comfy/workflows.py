@@ -1,6 +1,6 @@
 """The pack's example workflows: UI-format graphs built from API-format ones, and converted back to run them.
 
-`python -m tests.comfy.workflows` (with COMFYUI_PATH set) writes `example_workflows/*.json`; the tests run each
+`python -m harness.comfy.workflows` (with COMFYUI_PATH set) writes `example_workflows/*.json`; the tests run each
 one on the test checkpoint. Their `.jpg` thumbnails come from the toy model (`python -m toyworld.thumbnails`).
 """
 

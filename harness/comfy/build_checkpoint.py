@@ -5,7 +5,7 @@ Run with ComfyUI's interpreter from its folder: `python build_checkpoint.py OUT_
 for it (the files of `graphs.SD1_FILES`); `python build_checkpoint.py OUT_DIR --sdxl` writes a full-size SDXL UNet
 (ComfyUI knows SDXL only by its real shapes: 2.6 B parameters, 5 GB in fp16), its two CLIP text encoders and a
 TAESD VAE, as separate files for UNETLoader, DualCLIPLoader and VAELoader. The SDXL UNet's arguments and the
-random UNet weights are shared with the Forge builder (tests/test_a1111_model.py).
+random UNet weights are shared with the Forge builder (harness/a1111_model.py).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from comfy.cli_args import args
 from safetensors.torch import save_file
 
 args.cpu = True  # before comfy.model_management is imported: no accelerator is probed
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for what Forge's builder shares
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # harness/, for what Forge's builder shares
 
 import comfy.cldm.cldm  # noqa: E402
 import comfy.ops  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
 import comfy.sdxl_clip  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
+from a1111_model import SDXL_UNET, random_unet_tensor  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
-from test_a1111_model import SDXL_UNET, random_unet_tensor  # noqa: E402
 
 
 def attn2_widths(unet: torch.nn.Module) -> dict[str, int]:

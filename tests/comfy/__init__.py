@@ -1,1 +1,0 @@
-"""Helpers for the tests that run against a real ComfyUI (`COMFYUI_PATH`)."""
