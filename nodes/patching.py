@@ -19,15 +19,14 @@ projects, from which the bias finds the concepts' tokens.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Sequence
 
 import comfy.patcher_extension
 from torch import Tensor, nn
 
 from ..perfusion_core import ConceptUse, GatedProjection, PerfusionError, build_patch, cross_attention_layers
-from ..perfusion_core.patch import as_uses
-from ..perfusion_core.regions import RegionPainter
+from ..perfusion_core.patch import as_uses, gated_forward
+from ..perfusion_core.regions import set_attn2_region
 
 ATTACHMENT = "perfusion"
 SUPERCLASS_CONTEXT = "perfusion_superclass"
@@ -61,13 +60,8 @@ def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict 
         if isinstance(state.get(name), list):
             state[name] = []
     host_forward = type(host).forward
-
-    def forward(x: Tensor, *args, **kwargs) -> Tensor:
-        if seen is not None:
-            seen["context"] = x
-        return projection(lambda y: host_forward(patched, y, *args, **kwargs), x)
-
-    state["forward"] = forward
+    state["forward"] = gated_forward(lambda y, *args, **kwargs: host_forward(patched, y, *args, **kwargs),
+                                     projection, seen=seen)
     state[_HOST] = host  # a plain attribute, not a child module: the parameter paths stay the host's
     return patched
 
@@ -113,44 +107,6 @@ def _set_global_lock(clone, enabled: bool) -> None:
         clone.add_wrapper_with_key(kind, ATTACHMENT, _carry_superclass)
 
 
-_ATTN2 = re.compile(r"^(?:(input|output)_blocks\.(\d+)\.\d+|middle_block\.\d+)\.transformer_blocks\.(\d+)\.attn2$")
-
-
-def attn2_block(layer_name: str) -> tuple[str, int, int]:
-    """ComfyUI's attn2 replace key (block, number, transformer index) of a canonical layer name."""
-    found = _ATTN2.match(layer_name)
-    if found is None:
-        raise PerfusionError(f"cannot place regions on layer {layer_name}: not a UNet transformer block")
-    block, number, index = found.groups()
-    return (block, int(number), int(index)) if block else ("middle", 0, int(index))
-
-
-def _painted_attention(painter: RegionPainter, seen: dict) -> Callable:
-    def attn2_replace(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
-        size = tuple(extra_options["original_shape"][-2:])
-        return painter.attention(q, k, v, extra_options["n_heads"], seen.pop("context"), size,
-                                 extra_options["sigmas"])
-
-    attn2_replace.perfusion = True
-    return attn2_replace
-
-
-def _set_region(clone, layer_name: str, painter: RegionPainter | None, seen: dict) -> None:
-    """Put (or take away) the layer's painted attention among the clone's attn2 replace patches."""
-    replaces = clone.model_options["transformer_options"].setdefault("patches_replace", {}).setdefault("attn2", {})
-    key = attn2_block(layer_name)
-    current = replaces.get(key)
-    if painter is None:
-        if getattr(current, "perfusion", False):
-            del replaces[key]
-        return
-    if current is not None and not getattr(current, "perfusion", False):
-        raise PerfusionError(f"another node (an IPAdapter or attention node) replaces the cross-attention of "
-                             f"{layer_name}, which regions compute themselves: leave the concept's region out, or "
-                             "remove that node")
-    replaces[key] = _painted_attention(painter, seen)
-
-
 def apply_uses(model, uses: Sequence[ConceptUse]):
     """A clone of `model` carrying the joint patch of `uses` (the earlier Perfusion patch is replaced)."""
     uses = as_uses(uses)
@@ -168,7 +124,7 @@ def apply_uses(model, uses: Sequence[ConceptUse]):
             else:
                 recording = seen if side == "to_v" and patch.painter is not None else None
                 clone.add_object_patch(key, patched_projection(host, projection, recording))
-        _set_region(clone, layer.name, patch.painter, seen)
+        set_attn2_region(clone.model_options, layer.name, patch.painter, seen)
     clone.set_attachments(ATTACHMENT, tuple(uses))
     _set_global_lock(clone, any(use.lock == "global" for use in uses))
     return clone

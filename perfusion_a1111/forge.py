@@ -7,6 +7,8 @@ and the module's own forward (LoRA, fp8/GGUF casting) still computes the project
 The forward to wrap is the clone's own object patch if it has one, else the module's class method: not
 what the module holds now, because the last pass's clone stays loaded (its patch applied) until this
 clone is loaded, and Forge's clones do not share the backups that would tell the two apart.
+
+Regions go in as attn2 replace patches of the clone (`perfusion_core.regions.set_attn2_region`), as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -17,24 +19,11 @@ from types import MethodType
 from torch import Tensor, nn
 
 from perfusion_core import cross_attention_layers
-from perfusion_core.rank1 import GatedProjection
+from perfusion_core.patch import gated_forward
+from perfusion_core.regions import set_attn2_region
 
 from . import backend
 from .network import PATCHES_ATTRIBUTE
-
-
-def _patched_forward(original: Callable[..., Tensor], projection: GatedProjection | None,
-                     reads: Callable[[Tensor], Tensor] | None) -> Callable[..., Tensor]:
-    """`original` with the gated edit `projection` (if any), reading `reads(x)` in place of `x` (if given)."""
-
-    def forward(x: Tensor, *args, **kwargs) -> Tensor:
-        def host(y: Tensor) -> Tensor:
-            return original(y, *args, **kwargs)
-
-        e = x if reads is None else reads(x)
-        return host(e) if projection is None else projection(host, e)
-
-    return forward
 
 
 def _unpatched_forward(unet, key: str, module: nn.Module) -> Callable[..., Tensor]:
@@ -49,11 +38,13 @@ def patch_clone(p, superclass_input: Callable[[Tensor], Tensor]) -> None:
         return
     unet = p.sd_model.forge_objects.unet.clone()
     for layer in cross_attention_layers(unet.model.diffusion_model):
-        patch = patches[layer.name]
+        patch, seen = patches[layer.name], {}
         for name, projection, reads in (("to_k", patch.key, superclass_input if patch.key_reads_superclass else None),
                                         ("to_v", patch.value, None)):
             if projection is not None or reads is not None:
                 key = f"diffusion_model.{layer.path}.{name}.forward"
                 original = _unpatched_forward(unet, key, getattr(layer, name))
-                unet.add_object_patch(key, _patched_forward(original, projection, reads))
+                recording = seen if name == "to_v" and patch.painter is not None else None
+                unet.add_object_patch(key, gated_forward(original, projection, reads, recording))
+        set_attn2_region(unet.model_options, layer.name, patch.painter, seen)
     p.sd_model.forge_objects.unet = unet

@@ -107,14 +107,11 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         unet = backend.unet_of(sd_model)
         try:
             uses = [r.use for r in resolved]
-            painted = any(use.region is not None for use in uses)
             if backend.is_forge(sd_model):
-                if painted:
-                    raise PerfusionError("regions are not available on Forge and reForge yet: leave region= out")
                 setattr(p, PATCHES_ATTRIBUTE, build_patch(cross_attention_layers(unet), uses))
             else:
                 self.handle = patch_unet(unet, uses)
-                if painted:
+                if any(use.region is not None for use in uses):
                     self.handle.set_noise_schedule(sd_model.alphas_cumprod)
         except PerfusionError as error:
             self.fail(sd_model, error)

@@ -10,7 +10,7 @@ removing them restores the model exactly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,25 @@ def _key_targets(concepts: Sequence[Concept], layer: CrossAttentionLayer) -> tup
         torch.stack(inputs) if any(c.key_locked for c in concepts) else None,
         None if all(c.key_locked for c in concepts) else torch.stack(outputs),
     )
+
+
+def gated_forward(original: Callable[..., Tensor], projection: GatedProjection | None,
+                  reads: Callable[[Tensor], Tensor] | None = None, seen: dict | None = None) -> Callable[..., Tensor]:
+    """A projection's forward for hosts that patch forwards (ComfyUI, Forge): `original(x, *args, **kwargs)` with the
+    gated edit of `projection` around it (if any), reading `reads(x)` in place of `x` (if given); with `seen`, each
+    call's input is kept as `seen["context"]` (the prompt that regions find the concepts' tokens in)."""
+
+    def forward(x: Tensor, *args, **kwargs) -> Tensor:
+        if seen is not None:
+            seen["context"] = x
+
+        def host(y: Tensor) -> Tensor:
+            return original(y, *args, **kwargs)
+
+        e = x if reads is None else reads(x)
+        return host(e) if projection is None else projection(host, e)
+
+    return forward
 
 
 def _input_of(args: tuple, kwargs: dict) -> Tensor:

@@ -16,7 +16,8 @@ grid. The bias is exactly zero outside every region, and a patch without regions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,3 +141,43 @@ class RegionPainter:
         """One cross-attention call with the regions' bias, for a UNet input of `input_size` (rows, columns)."""
         grid = grid_for(q.shape[1], *input_size)
         return painted_attention(q, k, v, heads, self.paint(context, grid), sigma.expand(q.shape[0]))
+
+
+_ATTN2 = re.compile(r"^(?:(input|output)_blocks\.(\d+)\.\d+|middle_block\.\d+)\.transformer_blocks\.(\d+)\.attn2$")
+
+
+def attn2_block(layer_name: str) -> tuple[str, int, int]:
+    """ComfyUI's attn2 replace key (block, number, transformer index) of a canonical layer name."""
+    found = _ATTN2.match(layer_name)
+    if found is None:
+        raise PerfusionError(f"cannot place regions on layer {layer_name}: not a UNet transformer block")
+    block, number, index = found.groups()
+    return (block, int(number), int(index)) if block else ("middle", 0, int(index))
+
+
+def _painted_attention(painter: RegionPainter, seen: dict) -> Callable:
+    def attn2_replace(q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
+        size = tuple(extra_options["original_shape"][-2:])
+        return painter.attention(q, k, v, extra_options["n_heads"], seen.pop("context"), size,
+                                 extra_options["sigmas"])
+
+    attn2_replace.perfusion = True
+    return attn2_replace
+
+
+def set_attn2_region(model_options: dict, layer_name: str, painter: RegionPainter | None, seen: dict) -> None:
+    """Put (or take away) the layer's painted attention among the attn2 replace patches of a ComfyUI-style patcher's
+    `model_options` (ComfyUI, Forge, reForge); `seen["context"]` is the prompt the layer's V copy last projected."""
+    key = attn2_block(layer_name)
+    replaces = model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    ours = getattr(replaces.get(key), "perfusion", False)
+    if painter is None:
+        if ours:
+            del replaces[key]
+        return
+    if key in replaces and not ours:
+        raise PerfusionError(f"another node (an IPAdapter or attention node) replaces the cross-attention of "
+                             f"{layer_name}, which regions compute themselves: leave the concept's region out, or "
+                             "remove that node")
+    options = model_options.setdefault("transformer_options", {})
+    options.setdefault("patches_replace", {}).setdefault("attn2", {})[key] = _painted_attention(painter, seen)

@@ -83,12 +83,11 @@ def _write_lora(path: Path, context_dim: int, channels: int) -> None:
 
 
 class Server:
-    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool, patcher: bool) -> None:
+    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool) -> None:
         self.root, self.url = root, f"http://127.0.0.1:{port}"
         self.concepts = root / "models" / "perfusion"
         self.families = families  # of "tiny" (and "tiny2"), and of "wide"
         self.forge = forge  # Forge's own backend
-        self.patcher = patcher  # Forge or reForge: sampling through a per-batch UNet clone
 
     def call(self, path: str, body: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
@@ -152,8 +151,7 @@ def server(request, tmp_path_factory):
          *(["--always-cpu", "--unet-in-fp16"] if forge_backend or reforge else [])],
         cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend,
-                      forge_backend or reforge)
+    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -206,12 +204,6 @@ def test_regions_paint_each_concept_and_leave_no_trace(server, baseline):
     from PIL import Image
 
     prompt = "hugsy and teddo"
-    if server.patcher:
-        status, error = server.call("/sdapi/v1/txt2img", {"prompt": f"<perfusion:hugsy:0.7:region=left> {prompt}",
-                                                          "steps": 2, "width": 64, "height": 64})
-        assert status == 500 and "regions are not available on Forge and reForge yet" in error["errors"]
-        assert server.generate("a photo of hugsy")["images"][0] == baseline
-        return
     plain = server.generate(f"<perfusion:hugsy:0.7> <perfusion:teddo:0.7> {prompt}")["images"][0]
     painted = server.generate(f"<perfusion:hugsy:0.7:region=left> <perfusion:teddo:0.7:region=right> {prompt}")
     assert 'Perfusion: "hugsy:0.70:0.15:region=left, teddo:0.70:0.15:region=right"' in painted["infotext"]
