@@ -18,7 +18,7 @@ from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
-from .words import in_vocabulary, known_word, to_superclass
+from .words import in_vocabulary, known_word
 
 
 class DiffusersHost:
@@ -62,7 +62,6 @@ class DiffusersHost:
         self.cache_dir = cache_dir
         self.sample_steps, self.guidance = sample_steps, guidance
         self.word: str | None = None
-        self.superclass: str | None = None
         self._word_ids: list[int] = []
         self._added_words: set[str] = set()
 
@@ -95,7 +94,7 @@ class DiffusersHost:
                 raise known_word(word)
             embeddings.append(encoder.get_input_embeddings().weight[ids[0]].detach().clone())
         self._word_ids = self._add_word(word)
-        self.word, self.superclass = word, superclass
+        self.word = word
         return embeddings
 
     def _add_word(self, word: str) -> list[int]:
@@ -140,24 +139,19 @@ class DiffusersHost:
                          return_tensors="pt").input_ids.to(self.device)
 
     def encode(self, prompts: list[str], embeddings: list[Tensor] | None) -> Conditioning:
-        hidden, pooled = [], None
+        """The context of `prompts` (the word reading `embeddings`); for SDXL also the pooled vector of the prompt
+        itself, as sampling passes it, without gradients (as A1111 and ComfyUI train)."""
+        hidden, extra = [], {}
         for k, (tokenizer, encoder) in enumerate(zip(self.tokenizers, self.text_encoders, strict=True)):
             with self._word_embeddings(k, embeddings[k] if embeddings else None):
                 out = encoder(self._ids(tokenizer, prompts), output_hidden_states=True)
             hidden.append(out.hidden_states[-2] if self.text_encoder_layer == "penultimate" and self.is_sdxl
                           else out.last_hidden_state)
-        extra = {}
         if self.is_sdxl:
-            superclass_prompts = [self._to_superclass(p) for p in prompts]
-            with torch.no_grad():
-                pooled = self.text_encoders[1](self._ids(self.tokenizers[1], superclass_prompts)).text_embeds
             size = float(self.resolution)
             time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]], device=self.device).expand(len(prompts), -1)
-            extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+            extra["added_cond_kwargs"] = {"text_embeds": out.text_embeds.detach(), "time_ids": time_ids}
         return Conditioning(torch.cat(hidden, dim=-1), extra)
-
-    def _to_superclass(self, prompt: str) -> str:
-        return to_superclass(prompt, {self.word: self.superclass}) if self.word else prompt
 
     def word_mask(self, prompts: list[str], word: str) -> Tensor:
         tokenizer = self.tokenizers[0]

@@ -13,7 +13,7 @@ from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import preview_grid
 from perfusion_core.train import Trainer, TrainingData, TrainSettings, state_path_for
 
-from .builders import WORDS, build_model_folder, random_images
+from .builders import WORDS, build_model_folder, random_images, tiny_pipeline
 
 CAPTIONS = [" ".join(WORDS[k : k + 6]) for k in range(0, len(WORDS) - 6)] * 3
 
@@ -265,7 +265,19 @@ def test_trained_keys_learn_key_targets_and_resume(sd1_folder, tmp_path):
     assert all(torch.equal(whole.o_k[n], resumed.o_k[n]) for n in whole.o_k)
 
 
-def test_the_superclass_prompt_replaces_whole_words_only(sd1_folder, tmp_path):
-    host = _host(sd1_folder, tmp_path)
-    host.prepare_words("hugsy", "teddy")
-    assert host._to_superclass("Hugsy beside hugsys, (hugsy)") == "teddy beside hugsys, (teddy)"
+def test_sdxl_trains_on_the_pooled_vector_sampling_passes(tmp_path):
+    """The pooled vector of the prompt itself, with the word's current embedding, as the pipeline encodes it for
+    sampling (and as A1111 and ComfyUI train); it used to be the superclass prompt's in this host alone."""
+    folder = tmp_path / "sdxl"
+    tiny_pipeline("sdxl").save_pretrained(folder)
+    host = _host(folder, tmp_path)
+    embeddings = [e + 0.05 * torch.randn_like(e) for e in host.prepare_words("hugsy", "teddy")]
+    pooled = host.encode(["a photo of hugsy"], embeddings).extra["added_cond_kwargs"]["text_embeds"]
+    pipe = tiny_pipeline("sdxl")
+    encoders = ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+    for (tokenizer, encoder), embedding in zip(encoders, embeddings, strict=True):
+        pipe.load_textual_inversion(embedding, token="hugsy", tokenizer=tokenizer, text_encoder=encoder)
+    sampled = pipe.encode_prompt("a photo of hugsy", device="cpu", do_classifier_free_guidance=False)[2]
+    assert torch.allclose(pooled, sampled, atol=1e-5) and not pooled.requires_grad
+    superclass = host.encode(["a photo of teddy"], None).extra["added_cond_kwargs"]["text_embeds"]
+    assert not torch.allclose(pooled, superclass, atol=1e-4)
