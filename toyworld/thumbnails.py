@@ -5,7 +5,9 @@ Each `example_workflows/NAME.jpg` shows what its workflow does, on two held-out 
 - train-one-concept: the training images, then the previews the trainer renders as it goes;
 - apply-with-gate-sweep: one prompt and seed across the gate bias β;
 - two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds), trained with
-  the companion views as well (`demo.COMPANION_VIEWS`).
+  the companion views as well (`demo.COMPANION_VIEWS`);
+- paint-two-concepts: the same two concepts, the checked heart painted on the left half and the ringed circle on
+  the right (regions, one pass), on each background.
 
     python -m toyworld.thumbnails [--out example_workflows]
 """
@@ -76,6 +78,12 @@ def main() -> None:
         with patch_unet(host.unet, [ConceptUse(hugsy, 0.7, 0.15), ConceptUse(zappy, 0.7, 0.15)]):
             pair = host.sample(prompts, list(range(len(prompts))))
         print(save_jpg(pair, len(pair), args.out / "two-concepts-one-image.jpg"))
+
+        painted = [ConceptUse(hugsy, 0.7, 0.15, region="left"), ConceptUse(zappy, 0.7, 0.15, region="right")]
+        with patch_unet(host.unet, painted) as handle:
+            handle.set_noise_schedule(host.scheduler.alphas_cumprod)
+            pair = host.sample(prompts, list(range(len(prompts))))
+        print(save_jpg(pair, len(pair), args.out / "paint-two-concepts.jpg"))
 
 
 if __name__ == "__main__":
