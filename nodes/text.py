@@ -29,7 +29,9 @@ def encoders(clip) -> list[tuple[str, object, nn.Module]]:
 def text_encoder_layer(clip) -> str:
     """The layer of the (first) text encoder that the UNet reads, named as concept files name it."""
     _, _, encoder = encoders(clip)[0]
-    layer, index = encoder.layer, encoder.layer_idx
+    # the encoder's own setting, not its current one: the last encode of a CLIP Set Last Layer clone leaves that
+    # clone's layer on the shared module until the next encode resets it
+    layer, index = encoder.options_default[:2]
     if clip.layer_idx is not None:  # CLIP Set Last Layer
         layer, index = "hidden", clip.layer_idx
     if layer != "hidden":
