@@ -432,3 +432,8 @@ def test_bad_training_input_is_reported(server):
     assert status == 400 and "does not exist" in error["detail"]
     status, error = server.call("/perfusion/v1/train", {"word": "w", "superclass": "toy", "images": "/x", "lr": 1})
     assert status == 422 and "unknown fields ['lr']" in error["detail"]
+    # a word the model knows (the superclass itself) would be overridden everywhere: refused, as in every host
+    request = {"word": "toy", "superclass": "toy", "images": str(_images_folder(server.root)), "steps": 1,
+               "resolution": 64}
+    status, error = server.call("/perfusion/v1/train", request)
+    assert status == 400 and "already a word of this model's vocabulary" in error["detail"]
