@@ -201,7 +201,9 @@ class PaintedAttention:
     def __init__(self, unet: nn.Module, layers: Sequence[CrossAttentionLayer], painter: RegionPainter,
                  alphas_cumprod: Tensor | None = None) -> None:
         self.painter = painter
-        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.detach().double().cpu()
+        self.alphas_cumprod: Tensor | None = None
+        if alphas_cumprod is not None:
+            self.set_noise_schedule(alphas_cumprod)
         self._step: dict[str, Any] = {}
         self._hook = unet.register_forward_pre_hook(self._record_step, with_kwargs=True)
         self._replaced = [(layer.module, layer.module.__dict__.get("forward")) for layer in layers]

@@ -188,18 +188,9 @@ def test_wrong_family_stops_the_run_with_the_core_error(server):
 
 
 def test_gate_sweep_renders_one_image_per_beta(server):
-    from harness.comfy.graphs import sample_graph
+    from harness.comfy.graphs import sweep_graph
 
-    graph = sample_graph()
-    graph["load"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": "hugsy.safetensors"}}
-    graph["sweep"] = {"class_type": "PerfusionGateSweep", "inputs": {
-        "model": ["ckpt", 0], "clip": ["ckpt", 1], "concept": ["load", 0], "betas": "0.5, 0.7",
-        "tau": 0.15, "strength": 1.0, "lock": "local"}}
-    graph["sample"]["inputs"]["model"] = ["sweep", 0]
-    for node in ("pos", "neg"):
-        graph[node]["inputs"]["clip"] = ["sweep", 1]
-    graph["save"]["inputs"]["filename_prefix"] = "sweep"
-    entry = server.run(graph)
+    entry = server.run(sweep_graph("0.5, 0.7", "sweep"))
     images = server.images(entry, "save")
     assert len(images) == 2 and images[0] != images[1]
     single = render(server, concepts=({**HUGSY, "beta": 0.7},))

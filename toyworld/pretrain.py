@@ -124,11 +124,13 @@ def atomic_save(obj: object, path: Path) -> None:
 class Run:
     """State of one pretraining run: model, EMA, optimiser, step and random streams."""
 
-    def __init__(self, cfg: dict, device: str = "cpu", workers: int = 0):
+    def __init__(self, cfg: dict, device: str = "cpu", workers: int = 0, starting: bool = False):
+        """`starting`: a new run, whose weights come from `cfg["init_from"]` if it names a folder (a resumed run's
+        come from its checkpoint)."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = toymodel.build(model_config(cfg), seed=cfg["seed"])
-        if cfg.get("init_from"):
+        if starting and cfg.get("init_from"):
             toymodel.init_from(self.model, cfg["init_from"])
         self.model.unet.to(self.device)
         self.model.text_encoder.to(self.device)
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         cfg = {k: getattr(args, k) for k in RUN_KEYS} | {"stage": args.stage or 1}
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        run = Run(cfg, args.device, args.workers)
+        run = Run(cfg, args.device, args.workers, starting=True)
         log_path.write_text("")
     probe = toyprobe.load(res=run.cfg["res"]) if args.eval_every else None
 

@@ -128,6 +128,20 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
     return g
 
 
+def sweep_graph(betas: str, prefix: str, concept: str = "hugsy.safetensors", **sampling) -> dict:
+    """`sample_graph(**sampling)` with its model and CLIP from a Perfusion Gate Sweep of `concept` over `betas`."""
+    graph = sample_graph(**sampling)
+    graph["load"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": concept}}
+    graph["sweep"] = {"class_type": "PerfusionGateSweep", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "concept": ["load", 0], "betas": betas,
+        "tau": 0.15, "strength": 1.0, "lock": "local"}}
+    graph["sample"]["inputs"]["model"] = ["sweep", 0]
+    for node in ("pos", "neg"):
+        graph[node]["inputs"]["clip"] = ["sweep", 1]
+    graph["save"]["inputs"]["filename_prefix"] = prefix
+    return graph
+
+
 def write_training_images(folder: Path, count: int = 2, size: int = 64) -> list[str]:
     """`count` seeded noise-and-shape PNGs (with an alpha channel marking the shape) for LoadImage."""
     from PIL import Image, ImageDraw

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .graphs import CHECKPOINT, sample_graph, train_graph
+from perfusion_core.captions import load_captions
+
+from .graphs import CHECKPOINT, sample_graph, sweep_graph, train_graph
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
 EXAMPLE_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -106,16 +108,9 @@ def to_api(workflow: dict, object_info: dict) -> dict:
 def example_graphs() -> dict[str, dict]:
     """The API-format graphs behind each example workflow, on the usual SD1.5 checkpoint name."""
     train = train_graph(["concept-0.png", "concept-1.png"], "my-concept", steps=400, preview_every=50,
-                        save_every=50, caption_count=2000, checkpoint=EXAMPLE_CHECKPOINT)
-    sweep = sample_graph(prompt="a photo of hugsy on the beach", steps=20, size=512, checkpoint=EXAMPLE_CHECKPOINT)
-    sweep["load"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": "hugsy.safetensors"}}
-    sweep["sweep"] = {"class_type": "PerfusionGateSweep", "inputs": {
-        "model": ["ckpt", 0], "clip": ["ckpt", 1], "concept": ["load", 0], "betas": "0.5, 0.6, 0.7, 0.8",
-        "tau": 0.15, "strength": 1.0, "lock": "local"}}
-    sweep["sample"]["inputs"]["model"] = ["sweep", 0]
-    for node in ("pos", "neg"):
-        sweep[node]["inputs"]["clip"] = ["sweep", 1]
-    sweep["save"]["inputs"]["filename_prefix"] = "gate-sweep"
+                        save_every=50, caption_count=len(load_captions()), checkpoint=EXAMPLE_CHECKPOINT)
+    sweep = sweep_graph("0.5, 0.6, 0.7, 0.8", "gate-sweep", prompt="a photo of hugsy on the beach", steps=20,
+                        size=512, checkpoint=EXAMPLE_CHECKPOINT)
     two = sample_graph(prompt="a photo of hugsy and wugsy in a garden", steps=20, size=512,
                        concepts=({"name": "hugsy.safetensors"}, {"name": "wugsy.safetensors"}),
                        checkpoint=EXAMPLE_CHECKPOINT)
