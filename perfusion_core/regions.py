@@ -92,20 +92,22 @@ def noise_scale(sigma: Tensor) -> Tensor:
     return torch.log1p(sigma.float().clamp(min=0, max=SIGMA_CAP))
 
 
-def score_bias(scores: Tensor, paint: Tensor, sigma: Tensor) -> Tensor:
-    """The bias to add to `scores` (batch, heads, queries, tokens) for `paint` (batch, queries, tokens),
-    `Σ_c w_c m_c(x) g_c(e_j)`, at noise levels `sigma` (batch,)."""
-    top = scores.detach().amax(dim=(-2, -1), keepdim=True).clamp(min=0)
-    return noise_scale(sigma).to(scores.device).view(-1, 1, 1, 1) * top * paint[:, None]
+def painted_scores(q: Tensor, k: Tensor, paint: Tensor, sigma: Tensor) -> Tensor:
+    """The biased attention scores `s + log(1 + σ) · max(s) · paint`, `s = q kᵀ / √d`, float32, for q (batch, heads,
+    queries, d), k (batch, heads, tokens, d), `paint` (batch, queries, tokens) and noise levels `sigma` (batch,);
+    `max(s)` per image and head. Explicit, as eDiffi's scale needs the scores' max; biased in place."""
+    scores = q.float() @ k.float().transpose(-1, -2)
+    scores.mul_(1 / math.sqrt(q.shape[-1]))
+    scale = scores.detach().amax(dim=(-2, -1), keepdim=True).clamp_(min=0)
+    scale.mul_(noise_scale(sigma).to(scores.device).view(-1, 1, 1, 1))
+    return scores.addcmul_(scale, paint.to(scores.device)[:, None])
 
 
 def painted_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, paint: Tensor, sigma: Tensor) -> Tensor:
-    """`softmax(q kᵀ / √d + bias) v` for q (batch, queries, heads·d) and k, v (batch, tokens, heads·d)."""
+    """`softmax(painted_scores) v` for q (batch, queries, heads·d) and k, v (batch, tokens, heads·d)."""
     batch, queries, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.reshape(batch, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)
-    weights = (scores + score_bias(scores, paint.to(scores.device), sigma)).softmax(-1)
+    q, k, v = (t.reshape(batch, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+    weights = painted_scores(q, k, paint, sigma).softmax(-1)
     return (weights.to(v.dtype) @ v).transpose(1, 2).reshape(batch, queries, inner)
 
 
@@ -121,6 +123,8 @@ class RegionPainter:
         self.masks = [regions[j] for j in self.index]
         self.weights = torch.tensor([float(weights[j]) for j in self.index])
         self._on_grid: dict[tuple[int, int], Tensor] = {}
+        self._context: Tensor | None = None  # the last context painted, and its paint per grid
+        self._painted: dict[tuple[int, int], Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.index)
@@ -132,9 +136,14 @@ class RegionPainter:
         return self._on_grid[grid]
 
     def paint(self, context: Tensor, grid: tuple[int, int]) -> Tensor:
-        """`Σ_c w_c m_c(x) g_c(e_j)`: (batch, positions, tokens) for `context` (batch, tokens, width)."""
-        gates = self.projector.gates(context)[..., self.index]
-        return torch.einsum("qn,bkn->bqk", self.masks_on(grid).to(gates.device), gates)
+        """`Σ_c w_c m_c(x) g_c(e_j)`: (batch, positions, tokens) for `context` (batch, tokens, width). Every layer of
+        a UNet call reads the same context, so the paints of the last one are kept, per grid."""
+        if context is not self._context:
+            self._context, self._painted = context, {}
+        if grid not in self._painted:
+            gates = self.projector.gates(context)[..., self.index]
+            self._painted[grid] = torch.einsum("qn,bkn->bqk", self.masks_on(grid).to(gates.device), gates)
+        return self._painted[grid]
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int, context: Tensor, input_size: tuple[int, int],
                   sigma: Tensor) -> Tensor:

@@ -11,8 +11,8 @@ from perfusion_core.regions import (
     grid_for,
     named_region,
     painted_attention,
+    painted_scores,
     resize,
-    score_bias,
 )
 
 from .conftest import random_concept, tiny_unet, unet_inputs
@@ -63,9 +63,10 @@ def test_bias_is_zero_outside_the_region_and_follows_the_concepts_gate(sd1_layer
     open_gate = gate(torch.tensor(1.0), 0.7, 0.15)  # the word itself has similarity 1
     assert torch.allclose(inside[..., 3], open_gate.expand_as(inside[..., 3]), atol=1e-4)
     assert inside[..., [0, 1, 2, 4, 5]].max() < 0.5
-    scores = torch.randn(2, 4, 16, 6)
-    bias = score_bias(scores, paint, torch.tensor([1.0, 1e9]))
-    assert torch.equal(bias.view(2, 4, 4, 4, 6)[:, :, :, 2:], torch.zeros(2, 4, 4, 2, 6))
+    q, k = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 6, 8)
+    scores = q @ k.transpose(-1, -2) / 8**0.5
+    bias = painted_scores(q, k, paint, torch.tensor([1.0, 1e9])) - scores
+    assert bias.view(2, 4, 4, 4, 6)[:, :, :, 2:].abs().max() < 1e-6
     top = scores.amax(dim=(-2, -1))
     expected = top * torch.log1p(torch.tensor([1.0, SIGMA_CAP]))[:, None] * open_gate
     assert torch.allclose(bias[:, :, 0, 3], expected, atol=1e-4)
@@ -80,8 +81,9 @@ def test_the_concepts_attention_inside_the_region_rises_with_the_weight(sd1_laye
         painter, concept = _painter(sd1_layers, weight)
         context[:, 3] = concept.i_star
         paint = painter.paint(context, (4, 4))
-        scores = (q.view(1, 16, 4, 8).transpose(1, 2) @ k.view(1, 6, 4, 8).permute(0, 2, 3, 1)) / 8**0.5
-        attention = (scores + score_bias(scores, paint, torch.tensor([3.0]))).softmax(-1)
+        q_heads, k_heads = q.view(1, 16, 4, 8).transpose(1, 2), k.view(1, 6, 4, 8).transpose(1, 2)
+        scores = q_heads @ k_heads.transpose(-1, -2) / 8**0.5
+        attention = painted_scores(q_heads, k_heads, paint, torch.tensor([3.0])).softmax(-1)
         masses.append(float(attention.view(1, 4, 4, 4, 6)[:, :, :, :2, 3].mean()))
         outside = attention.view(1, 4, 4, 4, 6)[:, :, :, 2:]
         assert torch.allclose(outside, scores.softmax(-1).view(1, 4, 4, 4, 6)[:, :, :, 2:])
@@ -131,3 +133,14 @@ def test_bad_regions_are_refused_by_name(sd1_layers):
     for bad, message in bad_regions:
         with pytest.raises(PerfusionError, match=message):
             patch_unet(tiny_unet(), [ConceptUse(concept, region=bad)])
+
+
+def test_the_paint_follows_the_context_it_is_given(sd1_layers):
+    painter, concept = _painter(sd1_layers)
+    first, second = torch.randn(1, 6, 768), torch.randn(1, 6, 768)
+    first[:, 1], second[:, 4] = concept.i_star, concept.i_star
+    on_first = painter.paint(first, (4, 4))
+    assert painter.paint(first, (4, 4)) is on_first  # every layer of a call reads the same context
+    on_second = painter.paint(second, (4, 4))
+    assert on_second[0, 0].argmax() == 4 and on_first[0, 0].argmax() == 1
+    assert painter.paint(first, (2, 2)).shape == (1, 4, 6)
