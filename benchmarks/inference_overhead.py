@@ -1,7 +1,8 @@
 """Inference overhead of Perfusion on an SD1.5-sized UNet (diffusers default config, random weights, CPU).
 
-Unpatched vs patched with 1 and with 4 concepts, 64×64 latents, batch 2, runs interleaved, medians of
-the process's CPU time per forward (robust to other jobs sharing the machine; wall time shown too).
+Unpatched vs patched with 1, 2 and 4 concepts, and with 2 concepts painted on the left and right halves (regions),
+64×64 latents, batch 2, runs interleaved, medians of the process's CPU time per forward (robust to other jobs sharing
+the machine; wall time shown too).
 Run: .venv/bin/python -m benchmarks.inference_overhead [--repeats N] [--threads T]
 """
 
@@ -13,10 +14,10 @@ import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from harness.models import random_concept
-from perfusion_core import cross_attention_layers, patch_unet
+from perfusion_core import ConceptUse, cross_attention_layers, patch_unet
 
 
 def main() -> None:
@@ -32,15 +33,21 @@ def main() -> None:
     concepts = [random_concept(layers, f"word{k}", seed=k) for k in range(4)]
     sample = torch.randn(2, 4, 64, 64)
     context = torch.randn(2, 77, 768)
-    context[:, 5] = concepts[0].i_star
-    setups = {"unpatched": [], "1 concept": concepts[:1], "4 concepts": concepts}
+    context[:, 5], context[:, 9] = concepts[0].i_star, concepts[1].i_star
+    schedule = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    painted = [ConceptUse(c, region=place) for c, place in zip(concepts[:2], ("left", "right"), strict=True)]
+    setups = {"unpatched": [], "1 concept": [ConceptUse(c) for c in concepts[:1]],
+              "2 concepts": [ConceptUse(c) for c in concepts[:2]], "2 painted": painted,
+              "4 concepts": [ConceptUse(c) for c in concepts]}
     times: dict[str, list[float]] = {name: [] for name in setups}
     walls: dict[str, list[float]] = {name: [] for name in setups}
     with torch.no_grad():
         unet(sample, 500, encoder_hidden_states=context)  # warm-up
         for _ in range(args.repeats):
             for name, chosen in setups.items():
-                handle = patch_unet(unet, [(c, 0.7, 0.15) for c in chosen]) if chosen else None
+                handle = patch_unet(unet, chosen) if chosen else None
+                if handle:
+                    handle.set_noise_schedule(schedule)
                 cpu, wall = time.process_time(), time.perf_counter()
                 unet(sample, 500, encoder_hidden_states=context)
                 times[name].append(time.process_time() - cpu)
@@ -54,7 +61,9 @@ def main() -> None:
     for name, median in medians.items():
         print(f"{name:<12} {median:>8.3f} {median / base:>7.3f} {statistics.median(walls[name]):>8.3f}")
     print(json.dumps({"ratio_1": round(medians["1 concept"] / base, 4),
-                      "ratio_4": round(medians["4 concepts"] / base, 4), "unpatched_cpu_s": round(base, 4)}))
+                      "ratio_4": round(medians["4 concepts"] / base, 4),
+                      "painted_over_unpainted_2": round(medians["2 painted"] / medians["2 concepts"], 4),
+                      "unpatched_cpu_s": round(base, 4)}))
 
 
 if __name__ == "__main__":

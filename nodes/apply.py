@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import io
 
 from ..perfusion_core import Concept, ConceptUse, IncompatibleConceptError
 from ..perfusion_core.layers import check_text_encoder_layer
+from ..perfusion_core.regions import WEIGHT
 from .concepts import ConceptType
 from .patching import apply_uses, current_uses
 from .text import clip_concepts, encoders, text_encoder_layer, with_concepts
@@ -71,7 +72,7 @@ class ApplyPerfusion(io.ComfyNode):
                               tooltip="Where the concept goes (white = here), at the image's aspect ratio: its "
                                       "word's attention is drawn into the region in the same sampling pass. Give "
                                       "each concept its own mask for several concepts side by side."),
-                io.Float.Input("region_weight", default=1.0, min=0.0, max=5.0, step=0.05,
+                io.Float.Input("region_weight", default=WEIGHT, min=0.0, max=5.0, step=0.05,
                                tooltip="How strongly the region draws the concept's attention (eDiffi's w; "
                                        "scaled with the noise level). Used only with a region."),
             ],
@@ -83,7 +84,7 @@ class ApplyPerfusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, concept: Concept, beta: float, tau: float, strength: float, lock: str,
-                region=None, region_weight: float = 1.0) -> io.NodeOutput:
+                region=None, region_weight: float = WEIGHT) -> io.NodeOutput:
         use = ConceptUse(concept, beta, tau, strength, lock, region, region_weight)
         return io.NodeOutput(*apply_concept(model, clip, use))
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from perfusion_core import PerfusionError
 from perfusion_core.patch import LOCKS
+from perfusion_core.regions import WEIGHT
 
 TAG = "perfusion"
 DEFAULT_BETA = 0.7
@@ -33,7 +34,7 @@ class ConceptRequest:
     strength: float = 1.0
     lock: str = "local"
     region: str | None = None
-    region_weight: float = 1.0
+    region_weight: float = WEIGHT
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in ":,<>"):
@@ -54,7 +55,7 @@ class ConceptRequest:
             items.append(f"lock={self.lock}")
         if self.region is not None:
             items.append(f"region={self.region}")
-            if self.region_weight != 1.0:
+            if self.region_weight != WEIGHT:
                 items.append(f"region_weight={self.region_weight:.2f}")
         return items
 
@@ -89,7 +90,7 @@ def parse_request(positional: Sequence[str], named: Mapping[str, str]) -> Concep
         strength=_number(name, "strength", values["strength"]) if "strength" in values else 1.0,
         lock=str(values.get("lock", "local")).strip(),
         region=values.get("region"),
-        region_weight=_number(name, "region_weight", values["region_weight"]) if "region_weight" in values else 1.0,
+        region_weight=_number(name, "region_weight", values["region_weight"]) if "region_weight" in values else WEIGHT,
     )
 
 

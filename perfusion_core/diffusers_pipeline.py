@@ -24,6 +24,7 @@ from .files import load_concept
 from .global_lock import SuperclassTwins
 from .layers import check_concept, cross_attention_layers, encoded_layer, model_family
 from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet
+from .regions import WEIGHT
 from .words import in_vocabulary, to_superclass
 
 STATE = "_perfusion"  # the pipeline attribute that holds what load_perfusion attached
@@ -227,7 +228,7 @@ def _loaded(pipe) -> _PipelineConcepts:
 
 def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: float = 0.7, tau: float = 0.15,
                    strength: float = 1.0, lock: str = "local", region: torch.Tensor | None = None,
-                   region_weight: float = 1.0) -> Concept:
+                   region_weight: float = WEIGHT) -> Concept:
     """Load a concept (a file, or a `Concept`) into a diffusers SD1/SD2/SDXL pipeline, in place.
 
     Its trigger word becomes a token of the pipeline's tokenizer(s) and the UNet gets the joint gated rank-1 patch of

@@ -21,7 +21,7 @@ from .concept import Concept
 from .errors import IncompatibleConceptError, PerfusionError
 from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
 from .rank1 import GatedProjection, GateSettings, JointProjector
-from .regions import RegionPainter, as_region
+from .regions import WEIGHT, RegionPainter, as_region
 
 LOCKS = ("local", "global")
 log = logging.getLogger("perfusion")
@@ -38,7 +38,7 @@ class ConceptUse:
     strength: float = 1.0
     lock: str = "local"
     region: Any = field(default=None, compare=False)
-    region_weight: float = 1.0
+    region_weight: float = WEIGHT
 
     def __post_init__(self) -> None:
         if self.lock not in LOCKS:
