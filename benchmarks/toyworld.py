@@ -59,7 +59,8 @@ SECOND_OBJECTS = (("circle", "green"), ("square", "blue"), ("triangle", "purple"
 SEEDS = (0, 1)
 PAIR_SEEDS = (0, 1, 2)
 COMPANION_METHODS = ("perfusion", "textual_inversion")
-REGION_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
+REGION_WEIGHTS = (0.1, 0.15, 0.25, 0.5, 0.75)
+REGION_ROWS = ("perfusion", "perfusion_global", "textual_inversion")  # perfusion_global: keys locked globally
 
 
 @dataclass(frozen=True)
@@ -284,22 +285,26 @@ def word_gates(host: DiffusersHost, methods: tuple[Method, Method], datas: tuple
 
 
 def painted(host: DiffusersHost, methods: tuple[Method, Method], places: tuple[str, str], weight: float,
-            gates: JointProjector | None) -> AbstractContextManager:
-    """Both concepts applied together, each with the half of the image at its prompted place as its region."""
-    regions = [named_region(place) for place in places]
+            gates: JointProjector | None, lock: str = "local") -> AbstractContextManager:
+    """Both concepts applied together, each with the half of the image at its prompted place as its region (weight 0:
+    no regions); Perfusion's keys locked `lock`ly, textual inversion's tokens selected by `gates`."""
+    regions = [named_region(place) if weight else None for place in places]
     schedule = host.scheduler.alphas_cumprod
     if gates is None:
-        handle = patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU, region=r, region_weight=weight)
+        handle = patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU, lock=lock, region=r, region_weight=weight)
                                         for m, r in zip(methods, regions, strict=True)])
         handle.set_noise_schedule(schedule)
         return handle
+    if not weight:
+        return nullcontext()
     painter = RegionPainter(gates, regions, [weight] * 2)
     return PaintedAttention(host.unet, cross_attention_layers(host.unet), painter, schedule)
 
 
 def sample_painted(host: DiffusersHost, methods: tuple[Method, Method], scenes: list[EvalScene], weight: float,
-                   gates: JointProjector | None) -> torch.Tensor:
+                   gates: JointProjector | None, lock: str = "local") -> torch.Tensor:
     """Two-concept samples in one pass per layout (the regions follow each scene's places); weight 0: no regions."""
+    superclasses = {m.word: m.trained.superclass for m in methods} if lock == "global" else {}
     for method in methods:
         host.install_word(method.word, method.embeddings)
     images = torch.empty(len(scenes), 3, host.unet.config.sample_size, host.unet.config.sample_size)
@@ -307,30 +312,34 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, Method], scenes: 
     for k, s in enumerate(scenes):
         layouts.setdefault(tuple(o.position for o in s.scene.objects), []).append(k)
     for places, index in layouts.items():
-        context = (composed(host, *methods) if weight == 0 else painted(host, methods, places, weight, gates))
-        with context:
-            images[index] = host.sample([world.caption(scenes[k].scene, tuple(m.word for m in methods)) for k in index],
-                                        [scenes[k].seed for k in index])
+        prompts = [world.caption(scenes[k].scene, tuple(m.word for m in methods)) for k in index]
+        with painted(host, methods, places, weight, gates, lock) as handle:
+            if superclasses:
+                handle.set_superclass_context(host.superclass_context(prompts, superclasses))
+            images[index] = host.sample(prompts, [scenes[k].seed for k in index])
     return images
 
 
 def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str, Method]],
                 datas: tuple[TrainingData, TrainingData]) -> dict:
     """Two concepts painted left/right (or top/bottom) in one pass: both present where painted, by region weight, for
-    Perfusion and textual inversion (weight 0: no regions); and the time of a painted pass over an unpainted one."""
+    Perfusion (keys locked locally and globally) and textual inversion (weight 0: no regions); and the time of a
+    painted pass over an unpainted one (global locking)."""
     scenes = pair_scenes()
     concepts = tuple(world.CONCEPTS[name] for name in WORDS)
     row: dict = {}
-    for name in COMPANION_METHODS:
-        methods = tuple(trained[concept][name] for concept in WORDS)
-        gates = None if name == "perfusion" else word_gates(host, methods, datas)
-        row[name] = {f"{weight:g}": scorer.both_present(sample_painted(host, methods, scenes, weight, gates), scenes,
-                                                        concepts) for weight in (0.0, *REGION_WEIGHTS)}
+    for name in REGION_ROWS:
+        method = name.removesuffix("_global")
+        methods = tuple(trained[concept][method] for concept in WORDS)
+        gates = None if method == "perfusion" else word_gates(host, methods, datas)
+        lock = "global" if name.endswith("_global") else "local"
+        row[name] = {f"{weight:g}": scorer.both_present(sample_painted(host, methods, scenes, weight, gates, lock),
+                                                        scenes, concepts) for weight in (0.0, *REGION_WEIGHTS)}
     methods = tuple(trained[concept]["perfusion"] for concept in WORDS)
     times = {}
     for weight in (0.0, WEIGHT) * 3:
         started = time.perf_counter()
-        sample_painted(host, methods, scenes, weight, None)
+        sample_painted(host, methods, scenes, weight, None, "global")
         times.setdefault(weight, []).append(time.perf_counter() - started)
     row["overhead"] = min(times[WEIGHT]) / min(times[0.0])
     return row
@@ -407,7 +416,7 @@ def regions_table(rows: dict[str, dict]) -> str:
     lines = ["| training | method | " + " | ".join(f"w {w}" for w in weights) + " |",
              "|---|---|" + "---|" * len(weights)]
     for training, row in rows.items():
-        for name in COMPANION_METHODS:
+        for name in REGION_ROWS:
             lines.append(f"| {training} | {name} | " + " | ".join(f"{row[name][w]:.2f}" for w in weights) + " |")
     return "\n".join(lines)
 
@@ -582,7 +591,8 @@ def main() -> None:
                 "## Paint with concepts (two concepts, each with the half of the image it is prompted in; one "
                 "pass)", "",
                 regions_table({"five views": regions, "companion training": regions_companions}), "",
-                f"Painted pass (w {WEIGHT:g}) over unpainted pass (Perfusion, same prompts): {regions['overhead']:.3f} "
+                f"Painted pass (w {WEIGHT:g}) over unpainted pass (Perfusion, keys locked globally, same prompts): "
+                f"{regions['overhead']:.3f} "
                 f"(companion training: {regions_companions['overhead']:.3f})", ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")

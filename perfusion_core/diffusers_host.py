@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
-from .words import in_vocabulary, known_word
+from .words import in_vocabulary, known_word, to_superclass
 
 
 class DiffusersHost:
@@ -197,6 +197,13 @@ class DiffusersHost:
         return cached_second_moment(key, compute, self.cache_dir)
 
     # -- sampling ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def superclass_context(self, prompts: list[str], superclasses: Mapping[str, str]) -> Tensor:
+        """What globally locked concepts' K reads in `sample(prompts, ...)` (`PatchHandle.set_superclass_context`): its
+        guided batch, empty prompts then `prompts`, encoded with each concept word replaced by its superclass word."""
+        empty = self.encode([""] * len(prompts), None).context
+        return torch.cat([empty, self.encode([to_superclass(p, superclasses) for p in prompts], None).context])
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], embeddings: list[Tensor] | None = None,
