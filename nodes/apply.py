@@ -71,10 +71,12 @@ class ApplyPerfusion(io.ComfyNode):
                 io.Mask.Input("region", optional=True,
                               tooltip="Where the concept goes (white = here), at the image's aspect ratio: its "
                                       "word's attention is drawn into the region in the same sampling pass. Give "
-                                      "each concept its own mask for several concepts side by side."),
-                io.Float.Input("region_weight", default=WEIGHT, min=0.0, max=5.0, step=0.05,
+                                      "each concept its own mask for several concepts side by side, with lock "
+                                      "global."),
+                io.Float.Input("region_weight", default=WEIGHT, min=0.0, max=5.0, step=0.01,
                                tooltip="How strongly the region draws the concept's attention (eDiffi's w; "
-                                       "scaled with the noise level). Used only with a region."),
+                                       "scaled with the noise level). Used only with a region, best with lock "
+                                       "global and a small weight (0.1–0.2)."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
