@@ -47,16 +47,14 @@ class ConceptRequest:
             raise PerfusionError(f"<{TAG}:{self.name}:...>: lock must be one of {', '.join(LOCKS)}, got {self.lock!r}")
 
     def fields(self) -> list[str]:
-        """`name`, β, τ, then only the named settings that differ from their defaults."""
+        """`name`, β, τ, then the named settings that differ from their defaults (a region with its weight)."""
         items = [self.name, f"{self.beta:.2f}", f"{self.tau:.2f}"]
         if self.strength != 1.0:
             items.append(f"strength={self.strength:.2f}")
         if self.lock != "local":
             items.append(f"lock={self.lock}")
-        if self.region is not None:
-            items.append(f"region={self.region}")
-            if self.region_weight != WEIGHT:
-                items.append(f"region_weight={self.region_weight:.2f}")
+        if self.region is not None:  # the weight always, so that a later default cannot change a pasted image
+            items += [f"region={self.region}", f"region_weight={self.region_weight:.2f}"]
         return items
 
     @property

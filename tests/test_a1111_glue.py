@@ -19,6 +19,7 @@ from perfusion_a1111.tags import (
 )
 from perfusion_core import PerfusionError, save_concept
 from perfusion_core.files import read_safetensors, save_tensors
+from perfusion_core.regions import WEIGHT
 
 from .conftest import random_concept
 
@@ -51,7 +52,8 @@ def test_infotext_round_trips_every_setting():
     requests = [ConceptRequest("hugsy", 0.7, 0.15), ConceptRequest("sub/teddy", 0.55, 0.2, 0.8, "global"),
                 ConceptRequest("rex", region="left"), ConceptRequest("cat", region="my-mask", region_weight=1.5)]
     text = format_infotext(requests)
-    assert text == ("hugsy:0.70:0.15, sub/teddy:0.55:0.20:strength=0.80:lock=global, rex:0.70:0.15:region=left, "
+    assert text == ("hugsy:0.70:0.15, sub/teddy:0.55:0.20:strength=0.80:lock=global, "
+                    f"rex:0.70:0.15:region=left:region_weight={WEIGHT:.2f}, "
                     "cat:0.70:0.15:region=my-mask:region_weight=1.50")
     assert parse_infotext(text) == requests
     assert ConceptRequest("hugsy", 0.7).tag == "<perfusion:hugsy:0.70:0.15>"

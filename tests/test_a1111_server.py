@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from perfusion_a1111.tags import ConceptRequest, parse_infotext
 from perfusion_core import load_concept
 from perfusion_core.concept import family_for_width
+from perfusion_core.regions import WEIGHT
 
 pytestmark = pytest.mark.a1111
 
@@ -206,7 +207,9 @@ def test_regions_paint_each_concept_and_leave_no_trace(server, baseline):
     prompt = "hugsy and teddo"
     plain = server.generate(f"<perfusion:hugsy:0.7> <perfusion:teddo:0.7> {prompt}")["images"][0]
     painted = server.generate(f"<perfusion:hugsy:0.7:region=left> <perfusion:teddo:0.7:region=right> {prompt}")
-    assert 'Perfusion: "hugsy:0.70:0.15:region=left, teddo:0.70:0.15:region=right"' in painted["infotext"]
+    weight = f"region_weight={WEIGHT:.2f}"
+    assert f'Perfusion: "hugsy:0.70:0.15:region=left:{weight}, teddo:0.70:0.15:region=right:{weight}"' in \
+        painted["infotext"]
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     path = server.root / "models" / "perfusion" / "regions" / "left-mask.png"
