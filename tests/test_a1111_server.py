@@ -217,7 +217,12 @@ def test_regions_paint_each_concept_and_leave_no_trace(server, baseline):
     mask.save(path)
     from_mask = server.generate(f"<perfusion:hugsy:0.7:region=left-mask> <perfusion:teddo:0.7:region=right> {prompt}")
     swapped = server.generate(f"<perfusion:hugsy:0.7:region=right> <perfusion:teddo:0.7:region=left> {prompt}")
-    assert len({plain, painted["images"][0], swapped["images"][0]}) == 3
+    locked = server.generate(f"<perfusion:hugsy:0.7:lock=global:region=left> "
+                             f"<perfusion:teddo:0.7:lock=global:region=right> {prompt}")
+    assert f"hugsy:0.70:0.15:lock=global:region=left:{weight}, " in locked["infotext"]
+    locked_plain = server.generate(f"<perfusion:hugsy:0.7:lock=global> <perfusion:teddo:0.7:lock=global> {prompt}")
+    images = {plain, painted["images"][0], swapped["images"][0], locked["images"][0], locked_plain["images"][0]}
+    assert len(images) == 5
     assert from_mask["images"][0] == painted["images"][0]  # the saved left half is the named left half
     status, error = server.call("/sdapi/v1/txt2img", {"prompt": "<perfusion:hugsy:0.7:region=nowhere> hugsy",
                                                       "steps": 2, "width": 64, "height": 64})
