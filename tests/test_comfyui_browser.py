@@ -173,7 +173,7 @@ BUILD_GRAPH = """() => {
   const ckpt = add("CheckpointLoaderSimple", [20, 40]);
   const load = add("PerfusionLoadConcept", [20, 240]);
   const apply = add("PerfusionApply", [400, 40]);
-  const sweep = add("PerfusionGateSweep", [400, 280]);
+  const sweep = add("PerfusionGateSweep", [400, 40 + apply.size[1] + 60]);  // below Apply, whatever its widgets
   const train = add("PerfusionTrain", [780, 40]);
   for (const target of [apply, sweep, train]) { link(ckpt, 0, target, "model"); link(ckpt, 1, target, "clip"); }
   link(ckpt, 2, train, "vae");
