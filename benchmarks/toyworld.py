@@ -59,7 +59,7 @@ SECOND_OBJECTS = (("circle", "green"), ("square", "blue"), ("triangle", "purple"
 SEEDS = (0, 1)
 PAIR_SEEDS = (0, 1, 2)
 COMPANION_METHODS = ("perfusion", "textual_inversion")
-REGION_WEIGHTS = (0.1, 0.15, 0.25, 0.5, 0.75)
+REGION_WEIGHTS = (0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
 REGION_ROWS = ("perfusion", "perfusion_global", "textual_inversion")  # perfusion_global: keys locked globally
 
 
@@ -325,7 +325,7 @@ def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str
                 datas: tuple[TrainingData, TrainingData]) -> dict:
     """Two concepts painted left/right (or top/bottom) in one pass: both present where painted, by region weight, for
     Perfusion (keys locked locally and globally) and textual inversion (weight 0: no regions); and the time of a
-    painted pass over an unpainted one (global locking)."""
+    painted pass over an unpainted one."""
     scenes = pair_scenes()
     concepts = tuple(world.CONCEPTS[name] for name in WORDS)
     row: dict = {}
@@ -340,7 +340,7 @@ def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str
     times = {}
     for weight in (0.0, WEIGHT) * 3:
         started = time.perf_counter()
-        sample_painted(host, methods, scenes, weight, None, "global")
+        sample_painted(host, methods, scenes, weight, None)
         times.setdefault(weight, []).append(time.perf_counter() - started)
     row["overhead"] = min(times[WEIGHT]) / min(times[0.0])
     return row
@@ -592,7 +592,7 @@ def main() -> None:
                 "## Paint with concepts (two concepts, each with the half of the image it is prompted in; one "
                 "pass)", "",
                 regions_table({"five views": regions, "companion training": regions_companions}), "",
-                f"Painted pass (w {WEIGHT:g}) over unpainted pass (Perfusion, keys locked globally, same prompts): "
+                f"Painted pass (w {WEIGHT:g}) over unpainted pass (Perfusion, same prompts): "
                 f"{regions['overhead']:.3f} "
                 f"(companion training: {regions_companions['overhead']:.3f})", ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))

@@ -71,12 +71,10 @@ class ApplyPerfusion(io.ComfyNode):
                 io.Mask.Input("region", optional=True,
                               tooltip="Where the concept goes (white = here), at the image's aspect ratio: its "
                                       "word's attention is drawn into the region in the same sampling pass. Give "
-                                      "each concept its own mask for several concepts side by side, with lock "
-                                      "global."),
+                                      "each concept its own mask for several concepts side by side."),
                 io.Float.Input("region_weight", default=WEIGHT, min=0.0, max=5.0, step=0.01,
                                tooltip="How strongly the region draws the concept's attention (eDiffi's w; "
-                                       "scaled with the noise level). Used only with a region, best with lock "
-                                       "global and a small weight (0.1–0.2)."),
+                                       "scaled with the noise level). Used only with a region."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),

@@ -63,10 +63,10 @@ def create_tab(network: PerfusionNetwork) -> list[tuple[gr.Blocks, str, str]]:
                                      columns=2)
                 status = gr.HTML(elem_id="perfusion_train_status", value="")
                 with gr.Accordion("Regions", open=False):
-                    gr.HTML("<p>A mask for <code>&lt;perfusion:NAME:0.7:lock=global:region=MASK&gt;</code>: white "
-                            "where the concept goes, at the image's aspect ratio. Named regions need none: left, "
-                            "right, top, bottom, centre, top-left, top-right, bottom-left, bottom-right. Regions work "
-                            f"best with lock=global and a small region_weight (default {WEIGHT:g}).</p>")
+                    gr.HTML("<p>A mask for <code>&lt;perfusion:NAME:0.7:region=MASK&gt;</code>: white where the "
+                            "concept goes, at the image's aspect ratio. Named regions need none: left, right, top, "
+                            "bottom, centre, top-left, top-right, bottom-left, bottom-right. Its strength: "
+                            f"<code>:region_weight=W</code> (default {WEIGHT:g}).</p>")
                     region_image = gr.Image(label="Mask", type="pil", image_mode="L", elem_id="perfusion_region_image")
                     region_name = gr.Textbox(label="Mask name", elem_id="perfusion_region_name")
                     save_region = gr.Button("Save mask", elem_id="perfusion_region_save")

@@ -8,7 +8,7 @@ Each `example_workflows/NAME.jpg` shows what its workflow does, on two held-out 
   the companion views as well (`demo.COMPANION_VIEWS`);
 - paint-two-concepts: the two concepts trained on their five views alone (regions did better with them than with
   the companion views in the benchmark), the checked heart painted on the left half and the ringed circle on the
-  right (regions at the default weight, keys locked globally, one pass), on each background.
+  right (regions at the default weight, one pass), on each background.
 
     python -m toyworld.thumbnails [--out example_workflows]
 """
@@ -83,11 +83,10 @@ def main() -> None:
 
         for word, concept in alone.items():
             host.install_word(word, concept.embeddings)
-        painted = [ConceptUse(alone["hugsy"], 0.7, 0.15, lock="global", region="left"),
-                   ConceptUse(alone["zappy"], 0.7, 0.15, lock="global", region="right")]
+        painted = [ConceptUse(alone["hugsy"], 0.7, 0.15, region="left"),
+                   ConceptUse(alone["zappy"], 0.7, 0.15, region="right")]
         with patch_unet(host.unet, painted) as handle:
             handle.set_noise_schedule(host.scheduler.alphas_cumprod)
-            handle.set_superclass_context(host.superclass_context(prompts, {w: c.superclass for w, c in alone.items()}))
             pair = host.sample(prompts, list(range(len(prompts))))
         print(save_jpg(pair, len(pair), args.out / "paint-two-concepts.jpg"))
 

@@ -116,8 +116,8 @@ def example_graphs() -> dict[str, dict]:
                        checkpoint=EXAMPLE_CHECKPOINT)
     two["save"]["inputs"]["filename_prefix"] = "two-concepts"
     painted = sample_graph(prompt="a photo of hugsy and wugsy in a garden", steps=20, size=512,
-                           concepts=({"name": "hugsy.safetensors", "region": "left", "lock": "global"},
-                                     {"name": "wugsy.safetensors", "region": "right", "lock": "global"}),
+                           concepts=({"name": "hugsy.safetensors", "region": "left"},
+                                     {"name": "wugsy.safetensors", "region": "right"}),
                            checkpoint=EXAMPLE_CHECKPOINT)
     painted["save"]["inputs"]["filename_prefix"] = "paint-two-concepts"
     return {"train-one-concept": train, "apply-with-gate-sweep": sweep, "two-concepts-one-image": two,
