@@ -9,7 +9,8 @@ steps and batch, then renders a fixed set of prompts and seeds:
 - prompt fidelity: the fraction of prompted attributes the probe finds: the concept's place and the
   background, and for prompts with an ordinary second object, that object (shape and colour) at its place
   (the analogue of CLIP-T);
-- concept present: the probe finds the superclass shape in one of the concept's colours where prompted;
+- concept present: where prompted, the probe's features are nearer to the concept (its inner ring included) than
+  to its superclass in any plain colour or in any other texture of its colours;
 - pattern contrast: the spread of colours inside the object relative to the concept's own (1: as varied as the
   concept's checks or ring, 0: one flat colour), read where the probe finds the object (one-object prompts).
 Perfusion and trained-K sweep the gate bias β, LoRA and the fine-tune their weight scale. Two separately
