@@ -110,8 +110,7 @@ class Scorer:
         for pattern in world.PATTERNS[1:]:
             for first, second in (colours, colours[::-1]):
                 others.append(world.Obj(concept.superclass, first, place, pattern=pattern, colour2=second))
-        appearance = lambda o: (o.look, o.inner_ring)  # noqa: E731  (a look says nothing of an inner ring)
-        looks = [shown, *(other for other in others if appearance(other) != appearance(shown))]
+        looks = [shown, *(other for other in others if other.appearance != shown.appearance)]
         references = self._render([world.Scene((*objects[:index], look, *objects[index + 1:]), background)
                                    for look in looks])
         return int((self.features(references) @ self.features(image[None])[0]).argmax()) == 0

@@ -112,6 +112,8 @@ def test_concepts_differ_from_their_superclass():
         assert np.abs(look - plain).max() > 0.3
         pair = world.render_concept(name, "left", "gray", second=world.Obj("circle", "green", "right"))
         assert np.abs(pair - look).max() > 0.3
+        shown = world.concept_scene(concept, "left", "gray").objects[0]
+        assert shown.appearance != world.Obj(concept.superclass, concept.colour, "right").appearance
 
 
 def test_tokenizer_covers_captions_and_adds_tokens(tmp_path):

@@ -78,6 +78,11 @@ class Obj:
         """(shape, colours, pattern): what a caption says of the object and the probe reads back."""
         return self.shape, self.colours, self.pattern
 
+    @property
+    def appearance(self) -> tuple[str, str, str, str | None]:
+        """The look and the inner ring: all the object shows, wherever it is."""
+        return *self.look, self.inner_ring
+
 
 @dataclass(frozen=True)
 class Scene:
