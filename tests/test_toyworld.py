@@ -29,6 +29,8 @@ def parse(caption: str) -> dict[str, str]:
     places = {v: k for k, v in world.PLACES.items()}
     for i, phrase in enumerate(phrases):
         words = phrase.split()
+        if " ".join(words[:3]) in places:  # place first: move it after the noun
+            words = words[3:] + words[:3]
         suffix = "" if i == 0 else str(i + 1)
         out["colour" + suffix], out["shape" + suffix], out["pattern" + suffix] = words[1], words[2], "plain"
         if words[3] == "with":
@@ -69,6 +71,18 @@ def test_stage_3_names_textures_and_never_draws_a_concepts_look():
     assert ("heart", "red+yellow", "checks") in world.HELD_OUT_LOOKS and ("heart", "red+yellow", "stripes") in looks
     _, _, every = world.batch(0, 0, 4000, stage=3, held_out=False)
     assert {o.look for s in every for o in s.objects} & world.HELD_OUT_LOOKS
+
+
+def test_stage_4_names_places_first_in_half_of_the_captions_and_keeps_earlier_streams():
+    images, captions, scenes = world.batch(0, 0, 400, stage=4)
+    images3, captions3, scenes3 = world.batch(0, 0, 400, stage=3)
+    assert np.array_equal(images, images3) and scenes == scenes3
+    place_first = [c.split(" a ")[0] in world.PLACES.values() for c in captions]
+    assert 0.4 < np.mean(place_first) < 0.6
+    for c, c3, first in zip(captions, captions3, place_first, strict=True):
+        assert parse(c) == parse(c3)
+        assert (c == c3) != first
+    assert world.caption(scenes[0], place_first=True).startswith(world.PLACES[scenes[0].objects[0].position] + " a ")
 
 
 def test_textures_show_both_colours_and_stripes_and_checks_stay_on_the_pixel_grid():

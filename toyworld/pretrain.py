@@ -260,7 +260,9 @@ def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, ba
     """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts; with `bare`,
     also of the one-object prompts with the colour left out (`bare_*`: shape, position, background, all three)."""
     scenes = eval_scenes(n, stage)
-    images = generate(m, [world.caption(s) for s in scenes], list(range(len(scenes))), steps=20, guidance=4.0)
+    # from stage 4 on, every other prompt names the places first
+    captions = [world.caption(s, place_first=stage >= 4 and i % 2 == 1) for i, s in enumerate(scenes)]
+    images = generate(m, captions, list(range(len(scenes))), steps=20, guidance=4.0)
     acc = toyprobe.score(probe, images.cpu(), scenes)
     if bare:
         single = [s for s in scenes if len(s.objects) == 1]

@@ -5,6 +5,8 @@ Stage 2: stage 1 mixed with two-object scenes
 ("a red star on the left and a green circle on the right on a black background").
 Stage 3: stage 2 where half of the objects carry a two-colour texture named in the caption
 ("a red heart with yellow checks on the left ..."): stripes, checks or dots.
+Stage 4: stage 3 where half of the captions name each object's place first
+("on the left a red heart and on the right a green circle on a black background").
 
 Reserved for held-out concepts (never drawn by `random_scene`, at any stage): inner rings, and the exact
 looks of `CONCEPTS` (shape, texture and its two colours, in either order), so that a concept stays novel
@@ -104,19 +106,23 @@ class Scene:
         return out
 
 
-def describe(obj: Obj, word: str | None = None) -> str:
-    """Noun phrase for one object; `word` replaces colour and shape (a concept word)."""
+def describe(obj: Obj, word: str | None = None, place_first: bool = False) -> str:
+    """Noun phrase for one object, its place after it or, with `place_first`, before it; `word` replaces colour
+    and shape (a concept word)."""
     place = PLACES[obj.position]
     if word is not None:
-        return f"a {word} {place}"
-    texture = "" if obj.pattern == "plain" else f" with {obj.colour2} {obj.pattern}"
-    return f"a {obj.colour} {obj.shape}{texture} {place}"
+        noun = f"a {word}"
+    else:
+        texture = "" if obj.pattern == "plain" else f" with {obj.colour2} {obj.pattern}"
+        noun = f"a {obj.colour} {obj.shape}{texture}"
+    return f"{place} {noun}" if place_first else f"{noun} {place}"
 
 
-def caption(scene: Scene, words: tuple[str | None, ...] | None = None) -> str:
-    """The caption that says all of the scene; `words[i]` optionally names object i by a concept word."""
+def caption(scene: Scene, words: tuple[str | None, ...] | None = None, place_first: bool = False) -> str:
+    """The caption that says all of the scene; `words[i]` optionally names object i by a concept word; with
+    `place_first` each object's place comes before it ("on the left a red heart ...")."""
     words = words or (None,) * len(scene.objects)
-    parts = [describe(o, w) for o, w in zip(scene.objects, words, strict=True)]
+    parts = [describe(o, w, place_first) for o, w in zip(scene.objects, words, strict=True)]
     return " and ".join(parts) + f" on a {scene.background} background"
 
 
@@ -254,14 +260,18 @@ def batch(
 
     With `colourless` > 0, each object's colour is left out of the caption with that probability ("a heart on
     the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does; a
-    textured object's texture goes with its colours. `held_out` as in `random_scene`.
+    textured object's texture goes with its colours. From stage 4 on, half of the captions name places first.
+    `held_out` as in `random_scene`.
     """
     rng = scene_rng(seed, index)
     scenes = [random_scene(rng, stage, positions or tuple(POSITIONS), held_out) for _ in range(size)]
     images = np.stack([render(s, res) for s in scenes]).transpose(0, 3, 1, 2) * 2 - 1
-    if not colourless:  # no further draws: the stream stays that of runs before the option
+    if not colourless and stage < 4:  # no further draws: the stream stays that of runs before these options
         return images.astype(np.float32), [caption(s) for s in scenes], scenes
-    captions = [caption(s, tuple(o.shape if rng.random() < colourless else None for o in s.objects)) for s in scenes]
+    words = [tuple(o.shape if rng.random() < colourless else None for o in s.objects) for s in scenes]
+    # drawn after the words, so that the streams of earlier stages stay as they were
+    place_first = [stage >= 4 and rng.random() < 0.5 for _ in scenes]
+    captions = [caption(s, w, p) for s, w, p in zip(scenes, words, place_first, strict=True)]
     return images.astype(np.float32), captions, scenes
 
 
