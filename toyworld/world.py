@@ -53,6 +53,7 @@ SIZE = 0.50  # object extent as a fraction of the image side
 SUPERSAMPLE = 4
 PATTERNS = ("plain", "stripes", "checks", "dots")
 TEXTURED = 0.5  # share of stage-3 objects with a texture
+PLACE_FIRST = 0.5  # share of stage-4 captions that name each object's place before it
 CELLS = 8  # texture cells across the image (two pixels each at 16 x 16), anchored to the pixel grid
 
 
@@ -270,7 +271,7 @@ def batch(
         return images.astype(np.float32), [caption(s) for s in scenes], scenes
     words = [tuple(o.shape if rng.random() < colourless else None for o in s.objects) for s in scenes]
     # drawn after the words, so that the streams of earlier stages stay as they were
-    place_first = [stage >= 4 and rng.random() < 0.5 for _ in scenes]
+    place_first = [stage >= 4 and rng.random() < PLACE_FIRST for _ in scenes]
     captions = [caption(s, w, p) for s, w, p in zip(scenes, words, place_first, strict=True)]
     return images.astype(np.float32), captions, scenes
 
