@@ -16,29 +16,39 @@ from .captions import load_captions
 from .errors import PerfusionError, TrainingError
 from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
+from .precision import resolve_device, resolve_precision
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
 from .words import in_vocabulary, known_word, to_superclass
 
 
 class DiffusersHost:
-    """Drives a diffusers model folder for training, previews and `C`."""
+    """Drives a diffusers model folder for training, previews and `C`.
+
+    The UNet computes in `precision` (`precision.resolve_precision`: auto is bf16 on CUDA where the card has it, else
+    fp16, and fp32 on a CPU); the text encoders stay float32 (the word embedding's gradient passes through them), and
+    so does the VAE (SDXL's overflows in fp16), which leaves the accelerator once training starts.
+    """
 
     def __init__(
         self,
         model_dir: str | Path,
-        device: str | torch.device = "cpu",
+        device: str | torch.device = "auto",
         captions: Sequence[str] | str | Path | None = None,
         cache_dir: str | Path | None = None,
         sample_steps: int = 20,
         guidance: float = 5.0,
+        precision: str = "auto",
     ) -> None:
         root = Path(model_dir)
         if not (root / "unet").is_dir():
             raise PerfusionError(f"{root} is not a diffusers model folder (no unet/): give the folder itself")
-        self.device = torch.device(device)
-        self.unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=torch.float32).to(self.device)
-        self.unet.eval().requires_grad_(False)
+        self.device = resolve_device(device)
+        self.compute_dtype = resolve_precision(precision, self.device)
+        if self.device.type == "cuda" and self.compute_dtype == torch.float32:
+            torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores
+        self.unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=self.compute_dtype)
+        self.unet.to(self.device).eval().requires_grad_(False)
         self.tokenizers = [AutoTokenizer.from_pretrained(root / "tokenizer")]
         self.text_encoders = [CLIPTextModel.from_pretrained(root / "text_encoder", torch_dtype=torch.float32)]
         if (root / "text_encoder_2").is_dir():
@@ -52,7 +62,8 @@ class DiffusersHost:
         if (root / "vae").is_dir():
             from diffusers import AutoencoderKL
 
-            self.vae = AutoencoderKL.from_pretrained(root / "vae").to(self.device).eval().requires_grad_(False)
+            self.vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32)
+            self.vae.to(self.device).eval().requires_grad_(False)
         self.scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
         self.objective = DiffusionObjective(self.scheduler.alphas_cumprod, self.scheduler.config.prediction_type)
         self.family = model_family(cross_attention_layers(self.unet))
@@ -64,6 +75,7 @@ class DiffusersHost:
         self.word: str | None = None
         self._word_ids: list[int] = []
         self._added_words: set[str] = set()
+        self._vae_offloaded = False
 
     @property
     def is_sdxl(self) -> bool:
@@ -165,19 +177,38 @@ class DiffusersHost:
 
     # -- images and the model ----------------------------------------------------------------------------
 
+    @contextmanager
+    def _vae_on_device(self):
+        """The VAE on the accelerator while it works; it waits on the CPU while the UNet trains."""
+        self.vae.to(self.device)
+        try:
+            yield self.vae
+        finally:
+            if self._vae_offloaded:
+                self.vae.to("cpu")
+
     def encode_images(self, images: Tensor) -> Tensor:
         x = images.to(self.device, torch.float32) * 2 - 1
         if self.vae is None:
             return x
-        return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
+        with self._vae_on_device() as vae:
+            return vae.encode(x).latent_dist.mode() * vae.config.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
-        if self.vae is not None:
-            latents = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return ((latents + 1) / 2).clamp(0, 1)
+        """Latents to images in [0, 1], one at a time (a VAE decoding at 1024 px holds GBs)."""
+        if self.vae is None:
+            return ((latents.float() + 1) / 2).clamp(0, 1)
+        with self._vae_on_device() as vae:
+            images = [vae.decode(x[None].float() / vae.config.scaling_factor).sample for x in latents]
+        return ((torch.cat(images) + 1) / 2).clamp(0, 1)
 
     def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        return self.unet(noisy, t, encoder_hidden_states=cond.context, **cond.extra).sample
+        if self.vae is not None and not self._vae_offloaded and self.device.type != "cpu" and torch.is_grad_enabled():
+            self._vae_offloaded = True  # training has started: the latents are cached
+            self.vae.to("cpu")
+        extra = {k: {n: v.to(self.compute_dtype) for n, v in kw.items()} for k, kw in cond.extra.items()}
+        return self.unet(noisy.to(self.compute_dtype), t, encoder_hidden_states=cond.context.to(self.compute_dtype),
+                         **extra).sample
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         if enabled:
@@ -212,7 +243,7 @@ class DiffusersHost:
         cond, uncond = contexts or (self.encode(prompts, embeddings), self.encode([""] * len(prompts), None))
         channels, size = self.unet.config.in_channels, self.unet.config.sample_size
         both = Conditioning(torch.cat([uncond.context, cond.context]), _cat_extra(uncond.extra, cond.extra))
-        x = guided_ddim(lambda x2, t: self.predict(x2, t.expand(len(x2)).to(self.device), both),
+        x = guided_ddim(lambda x2, t: self.predict(x2, t.expand(len(x2)).to(self.device), both).float(),
                         self.scheduler.config, seeded_noise(seeds, channels, size).to(self.device),
                         self.sample_steps, self.guidance)
         return self.decode(x).cpu()

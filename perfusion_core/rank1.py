@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import PerfusionError
+from .precision import float32_math
 
 
 def gate(s: Tensor, beta: float | Tensor, tau: float | Tensor) -> Tensor:
@@ -110,7 +111,8 @@ class JointProjector:
 
     def gates(self, e: Tensor) -> Tensor:
         """`g_j(e)` for every concept, shape `(..., n)`, float32."""
-        _, g = self._coefficients_and_gates(e.reshape(-1, e.shape[-1]).float())
+        with float32_math(e.device):
+            _, g = self._coefficients_and_gates(e.reshape(-1, e.shape[-1]).float())
         return g.reshape(*e.shape[:-1], len(self))
 
     def project(self, e: Tensor) -> Tensor:
@@ -120,12 +122,13 @@ class JointProjector:
     def rewrite(self, e: Tensor, added_inputs: Tensor | None) -> tuple[Tensor, Tensor]:
         """Return `e − Σ m_j (c_j i*_j − g_j a_j)` in `e`'s dtype and the weighted gates `m_j g_j`, `(N, n)`."""
         i_star, _, _, _, strength = self._tensors(e.device)
-        e2 = e.reshape(-1, e.shape[-1]).float()
-        c, g = self._coefficients_and_gates(e2)
-        weighted_gates = g * strength
-        rewritten = torch.addmm(e2, c * strength, i_star, alpha=-1)
-        if added_inputs is not None:
-            rewritten = torch.addmm(rewritten, weighted_gates, added_inputs.to(e.device, torch.float32))
+        with float32_math(e.device):
+            e2 = e.reshape(-1, e.shape[-1]).float()
+            c, g = self._coefficients_and_gates(e2)
+            weighted_gates = g * strength
+            rewritten = torch.addmm(e2, c * strength, i_star, alpha=-1)
+            if added_inputs is not None:
+                rewritten = torch.addmm(rewritten, weighted_gates, added_inputs.to(e.device, torch.float32))
         return rewritten.reshape(e.shape).to(e.dtype), weighted_gates
 
 
@@ -156,9 +159,11 @@ class GatedProjection:
             return out
         flat = out.reshape(-1, out.shape[-1])
         targets = self.added_outputs.to(out.device, torch.float32)
-        if out.dtype == torch.float32:
-            return torch.addmm(flat, weighted_gates, targets).reshape(out.shape)
-        return (flat + (weighted_gates @ targets).to(out.dtype)).reshape(out.shape)
+        with float32_math(out.device):
+            if out.dtype == torch.float32:
+                return torch.addmm(flat, weighted_gates, targets).reshape(out.shape)
+            added = weighted_gates @ targets
+        return (flat + added.to(out.dtype)).reshape(out.shape)
 
     def __call__(self, project: Callable[[Tensor], Tensor], e: Tensor) -> Tensor:
         """`out(e)` through the host's own projection `project`."""

@@ -21,7 +21,8 @@ RIDGE = 1e-5  # relative to the mean eigenvalue; keeps C⁻¹ finite for directi
 
 
 class SecondMoment:
-    """A running `E[e eᵀ]` over every token position of every batch, in float64."""
+    """A running `E[e eᵀ]` over every token position of every batch, in float64, summed on the device the contexts
+    come from (the CPU would keep a GPU waiting for minutes), or the CPU where that has no float64 (MPS)."""
 
     def __init__(self, dim: int, total: Tensor | None = None, count: int = 0) -> None:
         self.dim = dim
@@ -32,9 +33,11 @@ class SecondMoment:
         """Add a batch of context vectors of shape `(..., dim)`."""
         if contexts.shape[-1] != self.dim:
             raise PerfusionError(f"context width {contexts.shape[-1]} does not match the second moment's {self.dim}")
-        flat = contexts.detach().reshape(-1, self.dim).to("cpu", torch.float64)
+        device = contexts.device if contexts.device.type not in ("mps", "meta") else torch.device("cpu")
+        flat = contexts.detach().reshape(-1, self.dim).to(device, torch.float64)
         if not torch.isfinite(flat).all():
             raise PerfusionError("the text encoder produced NaN or inf: check the model (fp16 overflow?)")
+        self.total = self.total.to(device)
         self.total += flat.T @ flat
         self.count += flat.shape[0]
 
@@ -42,7 +45,7 @@ class SecondMoment:
     def matrix(self) -> Tensor:
         if self.count == 0:
             raise PerfusionError("second moment of zero vectors: give at least one caption")
-        return self.total / self.count
+        return self.total.cpu() / self.count
 
     def inverse(self, ridge: float = RIDGE) -> Tensor:
         """`(C + λ I)⁻¹` in float64, with λ = `ridge` × the mean eigenvalue of C."""
@@ -104,5 +107,5 @@ def cached_second_moment(
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     moment = compute()
-    save_tensors(path, {"total": moment.total, "count": torch.tensor(moment.count)}, {"key": key})
+    save_tensors(path, {"total": moment.total.cpu(), "count": torch.tensor(moment.count)}, {"key": key})
     return moment

@@ -9,6 +9,7 @@ it reaches the loop. Only the value targets `o*_V` and the concept word's embedd
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from .errors import TrainingError
 from .files import read_safetensors, save_concept, save_tensors
 from .images import data_url, preview_grid
 from .layers import CrossAttentionLayer, cross_attention_layers
+from .memory import use_gradient_checkpointing
 from .objective import DiffusionObjective
 from .patch import ConceptUse, PatchHandle, build_patch, install_patch
+from .precision import LossScaler
 from .second_moment import Progress, SecondMoment
 
 STATE_FORMAT = 1
@@ -34,6 +37,7 @@ STATE_FORMAT = 1
 # the recipe, C's captions included, stays the run's own)
 SAVE_EVERY = 100
 RESUMABLE = ("steps", "save_every", "preview_every", "gradient_checkpointing")
+log = logging.getLogger("perfusion")
 STUCK_ZERO_STEPS = 10  # a loss of exactly zero this many steps running means nothing is learned
 
 TEMPLATES = (
@@ -63,6 +67,8 @@ class TrainingHost(Protocol):
     family: str
     text_encoder_layer: str
     objective: DiffusionObjective
+    device: torch.device  # where the UNet computes; the trainable state lives there in float32
+    compute_dtype: torch.dtype  # the UNet's compute dtype; float16 gets dynamic loss scaling
 
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
         """Check the superclass is one token, make `word` a new token; return the superclass's
@@ -75,7 +81,8 @@ class TrainingHost(Protocol):
         """`(B, T)` bool: the context positions of the single-token `word` in each prompt."""
 
     def encode_images(self, images: Tensor) -> Tensor:
-        """Images `(N, 3, H, W)` in [0, 1] to the model's latent space, deterministically."""
+        """Images `(N, 3, H, W)` in [0, 1] to the model's latent space, deterministically (the loop passes one image
+        at a time)."""
 
     def predict(self, noisy: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """The UNet's prediction for noisy latents at timesteps `t`."""
@@ -112,7 +119,7 @@ class TrainSettings:
     preview_prompts: tuple[str, ...] = ("a photo of a {}",)
     preview_seeds: tuple[int, ...] = (0,)
     templates: tuple[str, ...] = TEMPLATES
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # None: on where the card's free memory needs it (`memory`)
     lock_keys: bool = True
 
     def __post_init__(self) -> None:
@@ -221,10 +228,12 @@ class Trainer:
         self._moment: SecondMoment | None = None
         self._c_inv: Tensor | None = None
         superclass_embeddings = host.prepare_words(settings.word, settings.superclass)
-        self.embeddings = [e.detach().float().clone().requires_grad_(True) for e in superclass_embeddings]
+        self.embeddings = [e.detach().to(host.device, torch.float32).clone().requires_grad_(True)
+                           for e in superclass_embeddings]
         self.targets: dict[str, Tensor] = {}
         self.key_targets: dict[str, Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler = LossScaler(enabled=host.compute_dtype == torch.float16)
         self.on_preview: Callable[[int, Tensor], None] | None = None
 
     # -- set-up ------------------------------------------------------------------------------------------
@@ -234,8 +243,7 @@ class Trainer:
         self._c_inv = self._moment.inverse()
         with torch.no_grad():
             images = self.data.images.float()
-            self._latents = torch.stack([self.host.encode_images(images).float(),
-                                         self.host.encode_images(images.flip(-1)).float()])
+            self._latents = torch.stack([self._encode(images), self._encode(images.flip(-1))])
         if self.data.masks is not None:
             masks = self.data.masks.float()
             masks = masks / masks.flatten(1).amax(1).clamp_min(1e-8)[:, None, None]  # per image, max 1
@@ -243,6 +251,19 @@ class Trainer:
             size = self._latents.shape[-2:]
             resized = torch.nn.functional.interpolate(masks[:, None], size=size, mode="area")
             self._masks = torch.stack([resized, resized.flip(-1)])
+
+    def _encode(self, images: Tensor) -> Tensor:
+        """Latents of `images`, one image at a time (a VAE's activations at 1024 px are GBs), checked finite."""
+        latents = []
+        for k, image in enumerate(images):
+            latent = self.host.encode_images(image[None]).float().cpu()
+            if not torch.isfinite(latent).all():
+                raise TrainingError(
+                    f"the VAE encoded training image {k + 1} to NaN or inf: it overflows in this precision (SDXL's "
+                    "VAE does in float16). Run the VAE in float32 (or bfloat16), or use an fp16-fixed VAE"
+                )
+            latents.append(latent)
+        return torch.cat(latents)
 
     def _init_targets(self, superclass_prompts: list[str]) -> None:
         """`i_super` from the first batch's superclass prompts; `o*_V = W_V i_super` (and `o*_K = W_K i_super`
@@ -259,9 +280,22 @@ class Trainer:
         self._make_optimizer()
 
     def _superclass_output(self, projection: nn.Module) -> Tensor:
-        """`W i_super` without the bias, as a trainable float32 target."""
-        x = self.i_super.to(projection.weight.device, projection.weight.dtype)[None]
-        return (projection(x) - projection(torch.zeros_like(x)))[0].detach().float().cpu().requires_grad_(True)
+        """`W i_super` without the bias, as a trainable float32 target on the host's device. Computed through the
+        host's own projection in its compute dtype (which casts fp8-stored weights per call), with a gradient: a
+        weight format that gradients cannot pass through is refused here, by name."""
+        x = self.i_super.to(self.host.device, self.host.compute_dtype)[None].requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                out = projection(x) - projection(torch.zeros_like(x))
+                out.float().sum().backward()
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            weight = getattr(projection, "weight", None)
+            stored = f"{type(weight).__name__} of {weight.dtype}" if weight is not None else type(projection).__name__
+            raise TrainingError(
+                f"cannot train through this UNet's cross-attention weights ({stored}): {e}. Load the checkpoint "
+                "with weights in fp16, bf16 or fp8 to train (a trained concept also applies to quantised models)"
+            ) from e
+        return out[0].detach().to(self.host.device, torch.float32).requires_grad_(True)
 
     def _make_optimizer(self) -> None:
         s = self.settings
@@ -323,8 +357,25 @@ class Trainer:
         else:
             weights = batch.masks.to(device)
             loss = (error * weights).sum() / (weights.sum() * error.shape[1])
-        (loss / s.grad_accum).backward()
+        (self.scaler.scaled(loss) / s.grad_accum).backward()
         return float(loss.detach())
+
+    def _parameters(self) -> list[Tensor]:
+        return [*self.targets.values(), *self.key_targets.values(), *self.embeddings]
+
+    def _gradients(self, handle: PatchHandle) -> tuple[float, bool]:
+        """Accumulate one step's gradients into `.grad`, unscaled; return the mean loss and whether every gradient
+        is finite. A non-finite gradient that loss scaling cannot explain stops the run."""
+        s = self.settings
+        loss = sum(self._micro_step(handle, update_ema=k == 0) for k in range(s.grad_accum)) / s.grad_accum
+        self._check_loss(loss)
+        finite = self.scaler.unscale(self._parameters())
+        if not self.scaler.update(finite):
+            raise TrainingError(
+                f"the gradient became NaN or inf at step {self.step + 1} (the loss was {loss:.4g}); {self._kept()}. "
+                "Lower the learning rates, or check the model: float16 overflow in the UNet or text encoder?"
+            )
+        return loss, finite
 
     def _check_loss(self, loss: float) -> None:
         if not math.isfinite(loss):
@@ -361,10 +412,16 @@ class Trainer:
             **{f"target.{name}": t for name, t in self.targets.items()},
             **{f"key_target.{name}": t for name, t in self.key_targets.items()},
         }
+        if self.scaler.enabled:
+            tensors["loss_scale"] = self.scaler.state()
         names = self._parameter_names()
         for k, entry in self.optimizer.state_dict()["state"].items():
             for key, value in entry.items():
                 tensors[f"optimizer.{names[k]}.{key}"] = torch.as_tensor(value)
+        broken = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if broken:
+            raise TrainingError(f"the training state holds NaN or inf ({', '.join(broken[:3])}) at step {self.step}, "
+                                f"so it is not written; {self._kept()}")
         metadata = {"perfusion.state_format": str(STATE_FORMAT), "step": str(self.step), "settings": s.to_json(),
                     "concept_file": self.concept_path.name}
         save_tensors(self.state_path, tensors, metadata)
@@ -394,14 +451,18 @@ class Trainer:
         trainer.losses = tensors["losses"].tolist()
         trainer.generator.set_state(tensors["rng"])
         trainer.i_star, trainer.i_super = tensors["i_star"], tensors["i_super"]
+        if "loss_scale" in tensors:
+            trainer.scaler.load_state(tensors["loss_scale"])
         with torch.no_grad():
             for k, e in enumerate(trainer.embeddings):
                 e.copy_(tensors[f"embedding.{k}"])
-        trainer.targets = {layer.name: tensors[f"target.{layer.name}"].requires_grad_(True)
-                           for layer in trainer.layers}
+
+        def trainable(name: str) -> Tensor:
+            return tensors[name].to(host.device).requires_grad_(True)
+
+        trainer.targets = {layer.name: trainable(f"target.{layer.name}") for layer in trainer.layers}
         if not settings.lock_keys:
-            trainer.key_targets = {layer.name: tensors[f"key_target.{layer.name}"].requires_grad_(True)
-                                   for layer in trainer.layers}
+            trainer.key_targets = {layer.name: trainable(f"key_target.{layer.name}") for layer in trainer.layers}
         trainer._make_optimizer()
         state = trainer.optimizer.state_dict()
         state["state"] = {
@@ -453,7 +514,9 @@ class Trainer:
         s = self.settings
         self.on_preview = on_preview
         self._prepare(moment_progress)
-        if s.gradient_checkpointing:
+        checkpointing = use_gradient_checkpointing(s.gradient_checkpointing, self.host.family, s.batch_size,
+                                                   self.host.device)
+        if checkpointing:
             self.host.set_gradient_checkpointing(True)
         handle = install_patch(self.host.unet, self.layers, {})  # each micro-step sets the current patch
         start, first_step = time.monotonic(), self.step
@@ -461,10 +524,14 @@ class Trainer:
             while self.step < s.steps:
                 if should_stop and self._stop_requested(should_stop, first_step):
                     raise TrainingError(f"training stopped at step {self.step}; {self._kept()}")
-                loss = sum(self._micro_step(handle, update_ema=k == 0) for k in range(s.grad_accum)) / s.grad_accum
-                self._check_loss(loss)
-                self.optimizer.step()
+                loss, finite = self._gradients(handle)
+                if finite:
+                    self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if not finite:  # float16 overflow: the step is drawn again at half the loss scale
+                    log.info("Perfusion: gradient overflow at step %d, loss scale now %g", self.step + 1,
+                             self.scaler.scale)
+                    continue
                 self.step += 1
                 self.losses.append(loss)
                 if s.save_every and self.step % s.save_every == 0 and self.step < s.steps:
@@ -477,6 +544,6 @@ class Trainer:
                     progress(StepInfo(self.step, s.steps, loss, elapsed, rate * (s.steps - self.step)))
         finally:
             handle.remove()
-            if s.gradient_checkpointing:
+            if checkpointing:
                 self.host.set_gradient_checkpointing(False)
         return TrainResult(self.save(), self.losses, self.previews, self.concept_path, self.state_path)
