@@ -20,6 +20,7 @@ from comfy_extras.nodes_train import find_all_highest_child_module_with_forward,
 from torch import Tensor
 
 from ..perfusion_core import TrainingError
+from ..perfusion_core.differentiable import checkpointed, normal_tensors
 from ..perfusion_core.layers import cross_attention_layers, model_family
 from ..perfusion_core.objective import DiffusionObjective
 from ..perfusion_core.second_moment import (
@@ -38,28 +39,20 @@ PREVIEW_CFG = 5.0
 CAPTION_BATCH = 64
 
 
-def _fresh(weight: Tensor) -> Tensor:
-    return weight
-
-
 def _clip_layer_forward(layer, x: Tensor, mask=None, optimized_attention=None) -> Tensor:
     """`CLIPLayer.forward` without its in-place residual adds, which autograd cannot differentiate through."""
     x = x + layer.self_attn(layer.layer_norm1(x), mask, optimized_attention)
     return x + layer.mlp(layer.layer_norm2(x))
 
 
-def trainable(patcher, prefix: str = ""):
-    """A clone of `patcher` that autograd can differentiate, through per-clone patches only: layers under
-    `prefix` use a per-call copy of their weights (ComfyUI's cast path, as its own trainer does; weights
-    loaded under inference mode cannot be saved for backward), and CLIP layers add residuals out of place."""
+def trainable_clip(patcher):
+    """A clone of a CLIP patcher that autograd can differentiate, through per-clone patches only: each layer adds
+    its residuals out of place and is recomputed in the backward pass, so the float32 copies that ComfyUI's cast
+    path makes of fp16-stored weights are never held for it."""
     clone = patcher.clone()
     for name, module in clone.model.named_modules():
         if isinstance(module, comfy.clip_model.CLIPLayer):
-            clone.add_object_patch(f"{name}.forward", functools.partial(_clip_layer_forward, module))
-        if name.startswith(prefix) and hasattr(module, "weight_function"):
-            for kind in ("weight", "bias"):
-                if getattr(module, kind, None) is not None:
-                    clone.add_weight_wrapper(f"{name}.{kind}", _fresh)
+            clone.add_object_patch(f"{name}.forward", checkpointed(functools.partial(_clip_layer_forward, module)))
     return clone
 
 
@@ -94,9 +87,9 @@ class ComfyHost:
     """Drives a ComfyUI `ModelPatcher` (a clone), `CLIP` and `VAE` for the core `Trainer`."""
 
     def __init__(self, model, clip, vae, captions: Sequence[str], cache_dir: str | None = None) -> None:
-        self.model, self.vae = trainable(model, "diffusion_model."), vae
+        self.model, self.vae = model.clone(), vae
         self.clip = clip.clone()
-        self.clip.patcher = trainable(clip.patcher)
+        self.clip.patcher = trainable_clip(clip.patcher)
         self.base = model.model
         self.unet = self.base.diffusion_model
         layers = cross_attention_layers(self.unet)
@@ -106,15 +99,27 @@ class ComfyHost:
         self.objective = objective_for(self.base.model_sampling)
         self.captions, self.cache_dir = list(captions), cache_dir
         self.device = model.load_device
+        # the model's own compute dtype (fp16 trains with the loss scaler, bf16 as is): another one would make ComfyUI
+        # cast every weight per call and hold the copies for the backward pass
+        self.compute_dtype = self.base.manual_cast_dtype or self.base.get_dtype()
         self.word: str | None = None
         self._word: TrainingWord | None = None
         self._superclass_ids: list[int] = []
         self._latent_size: tuple[int, int] = (64, 64)
+        self._training = False
 
     def load(self) -> None:
-        """Load the UNet fully, as ComfyUI's own trainer does (the text encoder loads when first used)."""
+        """Load the UNet and the text encoder fully, the rest unloaded, as ComfyUI's own trainer does."""
         self.base.requires_grad_(False)
-        comfy.model_management.load_models_gpu([self.model], force_full_load=True)
+        self._loaded(memory_required=1e20)
+
+    def _loaded(self, memory_required: float = 0) -> None:
+        """Keep the UNet and the text encoder fully loaded (a preview's VAE may have pushed them out), with weights
+        that autograd can save for the backward pass as they are, without per-call copies."""
+        comfy.model_management.load_models_gpu([self.model, self.clip.patcher], memory_required=memory_required,
+                                               force_full_load=True)
+        normal_tensors(self.unet)
+        normal_tensors(self.clip.cond_stage_model)
 
     # -- words -------------------------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class ComfyHost:
         """Prompts encoded as sampling encodes them; the trigger word reads `embeddings` (None: never used)."""
         if embeddings is not None:
             self._word.embeddings = embeddings
+            self._loaded()
         tokens = [self._tokens(p) for p in prompts]
         context = self._encode_chunks(tokens).reshape(len(prompts), -1, self._context_dim).to(self.device)
         extra = {}
@@ -193,6 +199,9 @@ class ComfyHost:
                                       noise=x, device=self.device, width=x.shape[-1] * 8, height=x.shape[-2] * 8)
         kwargs = {name: c.process_cond(batch_size=x.shape[0], device=self.device).cond for name, c in conds.items()}
         options = dict(self.model.model_options.get("transformer_options", {}))
+        if torch.is_grad_enabled():  # the first training step also unloads the VAE: the latents are cached
+            self._loaded(memory_required=0 if self._training else 1e20)
+            self._training = True
         denoised = self.base.apply_model(x, sigma, transformer_options=options, **kwargs)
         s = sigma.view(-1, 1, 1, 1)
         if self.objective.prediction == "epsilon":

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..perfusion_core import TrainingError
 from ..perfusion_core.captions import load_captions
 from ..perfusion_core.images import data_url, loss_curve, preview_grid, to_pil
+from ..perfusion_core.memory import CHECKPOINTING
 from ..perfusion_core.train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 from .concepts import ConceptType, default_folder
 from .host import ComfyHost
@@ -68,8 +69,9 @@ def _inputs() -> list:
                              "All of them by default, as every host and the command line use, so that a concept gets "
                              "the same C wherever it is trained; fewer is faster on a CPU. Computed once per text "
                              "encoder and count, then cached."),
-        io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
-                         tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
+        io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
+                       tooltip="Recompute UNet activations in the backward pass: less memory, about 30% slower. "
+                               "auto: on where the card's free memory needs it."),
         io.Mask.Input("mask", optional=True, tooltip="Optional: where the concept is (1) in each image; the loss "
                                                      "outside is weighted 0. One mask per image, or one for all."),
     ]
@@ -109,7 +111,7 @@ class TrainPerfusion(io.ComfyNode):
     def execute(cls, model, clip, vae, images: Tensor, word: str, superclass: str, name: str, steps: int,
                 lr_target: float, lr_embedding: float, batch_size: int, seed: int, beta: float, tau: float,
                 preview_every: int, save_every: int, resume: bool, caption_count: int,
-                gradient_checkpointing: bool = False, mask: Tensor | None = None) -> io.NodeOutput:
+                gradient_checkpointing: str = "auto", mask: Tensor | None = None) -> io.NodeOutput:
         if current_uses(model):
             raise TrainingError("the model already carries Apply Perfusion: connect the checkpoint's model directly")
         out = default_folder() / f"{name.removesuffix('.safetensors')}.safetensors"
@@ -120,7 +122,7 @@ class TrainPerfusion(io.ComfyNode):
             host.load()
             data = training_data(images, mask)
             intervals = {"steps": steps, "save_every": save_every, "preview_every": preview_every,
-                         "gradient_checkpointing": gradient_checkpointing}
+                         "gradient_checkpointing": CHECKPOINTING[gradient_checkpointing]}
             if resume:
                 if not state_path_for(out).is_file():
                     raise TrainingError(f"no training state {state_path_for(out).name} in {out.parent}: switch "

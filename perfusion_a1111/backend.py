@@ -18,6 +18,10 @@ def is_forge(sd_model) -> bool:
     return hasattr(sd_model, "forge_objects")
 
 
+def is_sdxl(sd_model) -> bool:
+    return getattr(sd_model, "is_sdxl", False)
+
+
 def has_cond_stage_model(sd_model) -> bool:
     """A1111 and reForge keep a `cond_stage_model` (the text encoder training drives); Forge has none."""
     return getattr(sd_model, "cond_stage_model", None) is not None
@@ -37,7 +41,7 @@ def unet_of(sd_model) -> nn.Module:
 def text_encoder_layer(sd_model) -> str:
     """The text-encoder layer this model's cross-attention reads under the current settings."""
     skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
-    if getattr(sd_model, "is_sdxl", False):
+    if is_sdxl(sd_model):
         clip_l_follows_skip = getattr(shared.opts, "sdxl_clip_l_skip", False)
         return "penultimate" if not clip_l_follows_skip or skip == 2 else f"clip_l {skip_layer_name(skip)}"
     if getattr(sd_model, "is_sd2", False):
@@ -46,7 +50,7 @@ def text_encoder_layer(sd_model) -> str:
 
 
 def text_encoder_count(sd_model) -> int:
-    return 2 if getattr(sd_model, "is_sdxl", False) else 1
+    return 2 if is_sdxl(sd_model) else 1
 
 
 def check_embeddings(concept: Concept, sd_model) -> None:

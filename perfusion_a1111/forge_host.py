@@ -3,6 +3,7 @@ prediction schedule, with what autograd needs of them."""
 
 from __future__ import annotations
 
+import torch
 from modules import shared
 from modules.prompt_parser import SdConditioning
 from torch import Tensor, nn
@@ -50,6 +51,9 @@ class ForgeHost(A1111Host):
                 "ε or v-prediction one: Perfusion trains on SD1.x, SD2.x and SDXL checkpoints"
             )
         return DiffusionObjective(predictor.alphas_cumprod.cpu(), predictor.prediction_type)
+
+    def _compute_dtype(self) -> torch.dtype:
+        return self.sd_model.forge_objects.unet.model.computation_dtype
 
     def _input_embedding(self, model, word: str) -> Tensor:
         table = model.text_encoder.transformer.text_model.embeddings.token_embedding.wrapped.weight

@@ -3,19 +3,18 @@ and what every web UI's training shares: gradients on for the trainer's tensors 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 
 import numpy as np
 import torch
-import torch.utils.checkpoint
-from modules import devices, processing, scripts
+from modules import devices, processing, scripts, shared
 from modules.prompt_parser import SdConditioning
 from torch import Tensor, nn
 
 from perfusion_core import TrainingError, cross_attention_layers
 from perfusion_core.captions import load_captions
+from perfusion_core.differentiable import checkpointed, normal_tensors
 from perfusion_core.layers import model_family
 from perfusion_core.objective import DiffusionObjective
 from perfusion_core.second_moment import (
@@ -44,6 +43,8 @@ class A1111Host:
         self.family = model_family(cross_attention_layers(self.unet))
         self.text_encoder_layer = backend.text_encoder_layer(sd_model)
         self.objective = self._objective()
+        self.device = devices.device
+        self.compute_dtype = self._compute_dtype()
         self.resolution, self.preview_steps, self.cfg_scale = resolution, preview_steps, cfg_scale
         self.word: str | None = None
         self._registered: list = []
@@ -69,6 +70,11 @@ class A1111Host:
     def _objective(self) -> DiffusionObjective:
         prediction = "v_prediction" if getattr(self.sd_model, "parameterization", "eps") == "v" else "epsilon"
         return DiffusionObjective(self.sd_model.alphas_cumprod, prediction)
+
+    def _compute_dtype(self) -> torch.dtype:
+        """What the UNet computes in under `devices.autocast()`: autocast's dtype (float16 on CUDA), else the UNet's."""
+        context = devices.autocast()
+        return context.fast_dtype if isinstance(context, torch.autocast) else devices.dtype_unet
 
     def _input_embedding(self, model, word: str) -> Tensor:
         """The input embedding of the one-token `word` in the text encoder of `model`."""
@@ -144,9 +150,20 @@ class A1111Host:
     # -- images and the model ----------------------------------------------------------------------------
 
     def encode_images(self, images: Tensor) -> Tensor:
+        """Latents in the VAE's own dtype, outside fp16 autocast. Where an fp16 VAE overflows (SDXL's), it is turned
+        to float32 as the web UI does on a NaN decode ("Automatically revert VAE to 32-bit floats")."""
+        latents = self._encode_first_stage(images)
+        vae = getattr(self.sd_model, "first_stage_model", None)
+        if (not torch.isfinite(latents).all() and vae is not None and devices.dtype_vae != torch.float32
+                and getattr(shared.opts, "auto_vae_precision", False)):
+            devices.dtype_vae = torch.float32
+            vae.to(devices.dtype_vae)
+            latents = self._encode_first_stage(images)
+        return latents
+
+    def _encode_first_stage(self, images: Tensor) -> Tensor:
         x = (images * 2 - 1).to(devices.device, devices.dtype_vae)
-        with devices.autocast():
-            posterior = self.sd_model.encode_first_stage(x)
+        posterior = self.sd_model.encode_first_stage(x)
         # A1111's SD1/SD2 VAE gives a distribution; reForge's (and sgm's) a latent tensor, whose `mode` is torch's
         latents = posterior if isinstance(posterior, Tensor) else posterior.mode()
         return self.sd_model.get_first_stage_encoding(latents).float().clone()  # reForge: an inference tensor
@@ -160,7 +177,7 @@ class A1111Host:
         for module in self.unet.modules():
             if type(module).__name__ in CHECKPOINTED_BLOCKS:
                 if enabled:
-                    module.forward = _checkpointed(type(module).forward.__get__(module))
+                    module.forward = checkpointed(type(module).forward.__get__(module))
                 else:
                     module.__dict__.pop("forward", None)
 
@@ -191,28 +208,6 @@ class A1111Host:
         return torch.stack(images)
 
 
-def _checkpointed(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """`forward` recomputed in the backward pass. It reads a copy of its input: Forge's transformer blocks add
-    residuals onto their input in place, which would change the input kept for the recomputation."""
-
-    def on_copy(x: Tensor, *args, **kwargs) -> Tensor:
-        return forward(x.clone(), *args, **kwargs)
-
-    return functools.partial(torch.utils.checkpoint.checkpoint, on_copy, use_reentrant=False)
-
-
-def _normal_tensors(module: nn.Module) -> None:
-    """Replace tensors made under inference mode (Forge loads weights so) by equal normal ones, which autograd can
-    save for the backward pass; the model keeps these."""
-    for m in module.modules():
-        for name, p in list(m._parameters.items()):
-            if p is not None and p.is_inference():
-                m._parameters[name] = nn.Parameter(p.clone(), requires_grad=False)
-        for name, b in list(m._buffers.items()):
-            if b is not None and b.is_inference():
-                m._buffers[name] = b.clone()
-
-
 @contextmanager
 def trainable(modules: list[nn.Module]) -> Iterator[None]:
     """Gradients on, for the trainer's tensors only: the model's own weights stay frozen. Tensors made under
@@ -224,9 +219,8 @@ def trainable(modules: list[nn.Module]) -> Iterator[None]:
     SDXL's conditioner runs embedders not marked trainable under `no_grad`: they are marked so meanwhile, for the
     word embedding's gradient.
     """
-    with torch.inference_mode(False):
-        for module in modules:
-            _normal_tensors(module)
+    for module in modules:
+        normal_tensors(module)
     flags = [(p, p.requires_grad) for module in modules for p in module.parameters()]
     switched = [(m, name, value) for module in modules for m in module.modules()
                 for name, value in (("checkpoint", False), ("use_checkpoint", False), ("is_trainable", True))

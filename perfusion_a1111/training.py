@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from modules import sd_hijack, sd_models, shared
+from modules import sd_models, shared
 
 from perfusion_core import TrainingError
 from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
@@ -37,13 +37,13 @@ class TrainRequest:
     beta: float = _RECIPE["beta"]
     tau: float = _RECIPE["tau"]
     seed: int = _RECIPE["seed"]
-    resolution: int = 512
+    resolution: int = 0  # 0: the model's own (1024 for SDXL, 512 for the others)
     save_every: int = SAVE_EVERY
     preview_every: int = _RECIPE["preview_every"]
     preview_prompt: str = "a photo of a {}"
     preview_steps: int = 20
     resume: bool = False
-    gradient_checkpointing: bool = _RECIPE["gradient_checkpointing"]
+    gradient_checkpointing: bool | None = _RECIPE["gradient_checkpointing"]  # None: where the card needs it
 
     def settings(self) -> TrainSettings:
         return TrainSettings(
@@ -125,17 +125,21 @@ def train(request: TrainRequest, network: PerfusionNetwork) -> TrainOutcome:
     network.unload(sd_model)  # a generation that failed left its patch: A1111 deactivates only after success
     library = network.library
     sd_model = _loaded_for_training(sd_model)
-    host = _training_host(sd_model, request.resolution, request.preview_steps)
-    images, masks = load_image_folder(request.images, request.resolution)
+    if getattr(sd_model, "lowvram", False):
+        raise TrainingError(
+            "Perfusion cannot train with --medvram or --lowvram (they move the text encoder off the GPU between the "
+            "forward and the backward pass): restart the web UI without them to train"
+        )
+    resolution = request.resolution or (1024 if backend.is_sdxl(sd_model) else 512)
+    host = _training_host(sd_model, resolution, request.preview_steps)
+    images, masks = load_image_folder(request.images, resolution)
     data = TrainingData(images, masks)
     out = library.folder / f"{(request.name or request.word).strip()}.safetensors"
     reporter = _Reporter(out)
     shared.state.job = "perfusion-train"
     shared.state.job_count = request.steps
-    # reForge has no module-level undo/apply_optimizations (its UNet is ldm_patched's, not hijacked)
-    keep_optimizations = shared.opts.training_xattention_optimizations or not hasattr(sd_hijack, "undo_optimizations")
-    if not keep_optimizations:
-        sd_hijack.undo_optimizations()
+    # The cross-attention optimisations stay on (A1111's own trainers undo them unless an option says otherwise):
+    # every one of them differentiates, and the naive attention at batch 4 holds 9-19 GB
     try:
         with trainable(host.modules):
             if request.resume:
@@ -149,8 +153,6 @@ def train(request: TrainRequest, network: PerfusionNetwork) -> TrainOutcome:
             )
     finally:
         host.release()
-        if not keep_optimizations:
-            sd_hijack.apply_optimizations()
         backend.reset_cond_cache()
         library.refresh()
     return TrainOutcome(result.concept_path, trainer.step, result.losses, reporter.previews)

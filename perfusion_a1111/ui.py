@@ -10,6 +10,7 @@ from modules.call_queue import wrap_gradio_gpu_call
 
 from perfusion_core import PerfusionError
 from perfusion_core.images import loss_curve, to_pil
+from perfusion_core.memory import CHECKPOINTING
 from perfusion_core.regions import WEIGHT
 
 from .network import PerfusionNetwork
@@ -29,12 +30,15 @@ ROWS = (
      ("preview_every", "Preview every N steps (0: none)"), ("preview_steps", "Preview sampling steps")),
     (("preview_prompt", "Preview prompt ({} is the concept word)"),),
     (("resume", "Resume from the file's training state"),
-     ("gradient_checkpointing", "Gradient checkpointing (less memory, slower)")),
+     ("gradient_checkpointing", "Gradient checkpointing (less memory, slower; auto: where the card needs it)")),
 )
 
 
 def _component(key: str, label: str, default) -> gr.components.Component:
     elem_id = f"perfusion_{key}"
+    if key == "gradient_checkpointing":
+        choice = next(name for name, value in CHECKPOINTING.items() if value is default)
+        return gr.Dropdown(label=label, choices=list(CHECKPOINTING), value=choice, elem_id=elem_id)
     if isinstance(default, bool):
         return gr.Checkbox(label=label, value=default, elem_id=elem_id)
     if isinstance(default, (int, float)):
@@ -75,7 +79,9 @@ def create_tab(network: PerfusionNetwork) -> list[tuple[gr.Blocks, str, str]]:
         names = list(inputs)
 
         def run(_task_id: str, *values):
-            outcome = train(TrainRequest(**dict(zip(names, values, strict=True))), network)
+            fields = dict(zip(names, values, strict=True))
+            fields["gradient_checkpointing"] = CHECKPOINTING[fields["gradient_checkpointing"]]
+            outcome = train(TrainRequest(**fields), network)
             images = [to_pil(loss_curve(outcome.losses)), *(str(p) for p in outcome.previews[-1:])]
             return images, f"<p>Saved {html.escape(str(outcome.path))} after {outcome.steps} steps.</p>"
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .captions import load_captions
 from .images import image_grid, load_image_folder, loss_curve, save_image
+from .memory import CHECKPOINTING
+from .precision import PRECISIONS
 from .train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings
 
 EXAMPLE = """example:
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--no-flip", action="store_true", help="no horizontal flips (asymmetric objects)")
     recipe.add_argument("--mask-floor", type=float, default=0.0, help="loss weight outside the alpha mask (0)")
     recipe.add_argument("--seed", type=int, default=0)
-    recipe.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% more time")
+    recipe.add_argument("--gradient-checkpointing", choices=list(CHECKPOINTING), default="auto",
+                        help="recompute UNet activations in the backward pass: less memory, ~30%% more time "
+                             "(auto: where the card's free memory needs it)")
     run = parser.add_argument_group("run")
     run.add_argument("--save-every", type=int, default=SAVE_EVERY,
                      help=f"checkpoint every N steps ({SAVE_EVERY}; 0: end only)")
@@ -53,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--captions", help="caption file for the text statistics C (default: the shipped corpus)")
     run.add_argument("--caption-count", type=int, default=0,
                      help="use only the first N captions for C (0: all; C is computed once per encoder and cached)")
-    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda:1, mps ...")
+    run.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                     help="the UNet's compute dtype (auto: bf16 on a CUDA card that has it, else fp16 with loss "
+                          "scaling; fp32 on a CPU); the trained tensors and the text encoders stay fp32")
 
 
 class TerminalProgress:
@@ -82,20 +89,22 @@ def run(args: argparse.Namespace) -> None:
     from .diffusers_host import DiffusersHost
 
     captions = load_captions(args.captions)
-    host = DiffusersHost(args.model, device=args.device, captions=captions[: args.caption_count or None])
+    host = DiffusersHost(args.model, device=args.device, captions=captions[: args.caption_count or None],
+                         precision=args.precision)
     images, masks = load_image_folder(args.images, host.resolution)
     data = TrainingData(images, masks)
     out = Path(args.out)
     if args.resume:
         trainer = Trainer.resume(host, data, args.resume, steps=args.steps, save_every=args.save_every,
-                                 preview_every=args.preview_every)
+                                 preview_every=args.preview_every,
+                                 gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing])
     else:
         settings = TrainSettings(
             word=args.token, superclass=args.superclass, steps=args.steps, lr_target=args.lr,
             lr_embedding=args.lr_embedding, batch_size=args.batch_size, grad_accum=args.grad_accum,
             beta=args.beta, tau=args.tau, flip=0.0 if args.no_flip else 0.5, mask_floor=args.mask_floor,
             seed=args.seed, save_every=args.save_every, preview_every=args.preview_every,
-            gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing],
             **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
         )
         trainer = Trainer(host, data, settings, out)

@@ -210,3 +210,25 @@ def test_latents_that_overflow_are_refused_naming_the_vae(folders, tmp_path):
     trainer = Trainer(host, TrainingData(random_images(3)), _settings(steps=1), tmp_path / "nan.safetensors")
     with pytest.raises(TrainingError, match="VAE encoded training image 1 to NaN or inf"):
         trainer.run()
+
+
+def test_command_line_trains_in_half_precision(folders, tmp_path):
+    from safetensors import safe_open
+
+    from perfusion_core.cli import main
+    from perfusion_core.images import save_image
+
+    (tmp_path / "images").mkdir()
+    for k, image in enumerate(random_images(3)):
+        save_image(image, tmp_path / "images" / f"{k}.png")
+    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS))
+    out = tmp_path / "hugsy.safetensors"
+    common = ["train", "--model", str(folders["sd1"]), "--images", str(tmp_path / "images"), "--superclass", "teddy",
+              "--token", "hugsy", "--out", str(out), "--steps", "2", "--batch-size", "2", "--grad-accum", "1",
+              "--captions", str(tmp_path / "captions.txt")]
+    assert main([*common, "--precision", "fp16", "--gradient-checkpointing", "on"]) == 0
+    with safe_open(state_path_for(out), "pt") as state:
+        assert state.get_tensor("loss_scale")[0] == 2.0**16  # float16 compute trained with the scaler
+    assert main([*common, "--precision", "bf16", "--steps", "3", "--resume", str(out)]) == 0
+    with safe_open(state_path_for(out), "pt") as state:
+        assert "loss_scale" not in set(state.keys()) and state.metadata()["step"] == "3"
