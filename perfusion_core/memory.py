@@ -10,7 +10,7 @@ import torch
 
 CHECKPOINTING = {"auto": None, "on": True, "off": False}
 """The gradient-checkpointing choice as hosts offer it; `auto` is on where the card's free memory needs it."""
-ACTIVATIONS_GIB = {"sd1": 0.84, "sd2": 0.84, "sdxl": 3.3}
+ACTIVATIONS_GIB = {"sd1": 0.75, "sd2": 0.75, "sdxl": 5.04}
 HEADROOM = 1.25  # the caching allocator's fragmentation and the text encoder's activations
 
 
