@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 
 import pytest
+import torch
 
 from harness.comfy.graphs import fresh, render
 from harness.comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_trees, running_server
@@ -226,6 +227,24 @@ def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
     assert "trained.state.safetensors" not in options["concept_name"][1]["options"]
     trained = {"name": "trained.safetensors"}
     assert render(server, concepts=(trained,)) != render(server)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_train_in_half_precision(server, training_images, dtype):
+    """The UNet computing in fp16 trains with the loss scaler (its state is checkpointed), in bf16 without."""
+    from safetensors import safe_open
+
+    from harness.comfy.graphs import train_graph
+    from perfusion_core import load_concept
+
+    name = f"trained-{dtype}"
+    server.run(train_graph(training_images, name, steps=3, preview_every=3, compute_dtype=dtype))
+    concept = load_concept(server.perfusion_dir / f"{name}.safetensors")
+    assert concept.training["steps"] == "3"
+    assert all(torch.isfinite(t).all() for t in [*concept.o_v.values(), *concept.embeddings])
+    with safe_open(server.perfusion_dir / f"{name}.state.safetensors", "pt") as state:
+        assert ("loss_scale" in set(state.keys())) == (dtype == "fp16")
+    assert render(server, concepts=({"name": f"{name}.safetensors"},)) != render(server)
 
 
 def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, training_images):
