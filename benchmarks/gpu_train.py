@@ -5,10 +5,11 @@ gradient accumulation 4: effective batch 16; gradient checkpointing chosen by `p
 on random-weight models of real size: SD1.5 (UNet, CLIP-L, SD VAE) at 512 px and SDXL (base UNet, CLIP-L + OpenCLIP
 bigG, VAE) at 1024 px, each in bf16 (where the card has it) and fp16, 4 random training images. Each family's model
 folder is built once (random init on the GPU, saved in fp16) and each setting runs in its own process, so that its
-peak memory is its own. Per setting: --warmup steps (the first includes C over 256 captions, the latents and the
-target initialisation), then --steps timed steps (wall time, synchronised). The projected 400-step time is compared
-with the paper's "roughly 4 minutes" per concept. Peak memory is `torch.cuda.max_memory_allocated` from the loaded
-model on (warm-up: C, VAE encoding and first steps; steps: the timed steps alone).
+peak memory is its own. Per setting: --warmup steps (default 2; the first includes C over 256 captions, the latents
+and the target initialisation), then --steps timed steps (default 5; wall time, synchronised). The projected
+400-step time is compared with the paper's "roughly 4 minutes" per concept. Peak memory is
+`torch.cuda.max_memory_allocated` from the loaded model on (warm-up: C, VAE encoding and the first steps; steps: the
+timed steps alone).
 Run: .venv/bin/python -m benchmarks.gpu_train [--steps N] [--warmup N] [--families sd1 sdxl] [--precisions bf16 fp16]
      [--gradient-checkpointing auto|on|off]
 """
@@ -71,8 +72,8 @@ FAMILIES = {
 # -- the model folder ----------------------------------------------------------------------------------------------
 
 def _tokenizer(tiny: bool) -> CLIPTokenizer:
-    """tests.builders' offline CLIP tokenizer (every prompt word one token); unless tiny, its vocabulary padded with
-    unused entries to CLIP's 49,408 so that the embedding tables are real-sized."""
+    """tests.builders' offline CLIP BPE tokenizer (the superclass "teddy" and nearly every template word one token);
+    unless tiny, its vocabulary padded with unused entries to CLIP's 49,408 so the embedding tables are real-sized."""
     from transformers import CLIPTokenizer
 
     from tests.builders import WORDS, clip_tokenizer
@@ -191,11 +192,11 @@ def train_setting(folder: Path, precision: str, device: str, steps: int, warmup:
             trainer = Trainer(host, TrainingData(images), settings, Path(tmp) / "hugsy.safetensors")
             trainer.run(progress=progress)
         except (TrainingError, torch.cuda.OutOfMemoryError) as e:
-            return {**result, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            return {**result, "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
     s_per_step = (stamps[warmup + steps] - stamps[warmup]) / steps
     return {**result, "first_step_s": stamps[1] - start, "s_per_step": s_per_step, "steps_per_s": 1 / s_per_step,
             "peak_gib": max(result["warmup_peak_gib"], result["step_peak_gib"]),
-            "loss_scale": trainer.scaler.scale if trainer.scaler.enabled else None, "final_loss": trainer.losses[-1]}
+            "loss_scale": trainer.scaler.scale if trainer.scaler.enabled else None}
 
 
 # -- the driver ----------------------------------------------------------------------------------------------------
@@ -209,10 +210,6 @@ def _child(args: argparse.Namespace, *extra: str) -> dict:
     if out.returncode != 0:
         return {"error": f"the child process exited with code {out.returncode} (see its traceback above)"}
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _figure(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _report(builds: dict[str, dict], results: dict[str, dict], args: argparse.Namespace, total_s: float) -> None:
@@ -233,7 +230,7 @@ def _report(builds: dict[str, dict], results: dict[str, dict], args: argparse.Na
         print(f"{key:<11} {r['load_s']:>6.1f} {r['first_step_s']:>10.1f} {r['s_per_step']:>7.3f} "
               f"{r['steps_per_s']:>7.3f} {projected:>11.0f} {projected / PAPER_S:>7.2f} {r['peak_gib']:>8.2f} "
               f"{r['step_peak_gib']:>8.2f} {'on' if r['checkpointing'] else 'off':>5} "
-              f"{_figure(r['loss_scale'], '>10g')}")
+              f"{'-' if r['loss_scale'] is None else format(r['loss_scale'], 'g'):>10}")
         figures.update({f"{key}_steps_per_s": round(r["steps_per_s"], 4), f"{key}_peak_gib": round(r["peak_gib"], 3),
                         f"{key}_vs_paper_4min": round(projected / PAPER_S, 3),
                         f"{key}_gradient_checkpointing": r["checkpointing"]})
