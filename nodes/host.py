@@ -101,7 +101,7 @@ class ComfyHost:
         self.device = model.load_device
         # the model's own compute dtype (fp16 trains with the loss scaler, bf16 as is): another one would make ComfyUI
         # cast every weight per call and hold the copies for the backward pass
-        self.compute_dtype = self.base.manual_cast_dtype or self.base.get_dtype()
+        self.compute_dtype = model.get_model_object("manual_cast_dtype") or self.base.get_dtype()  # a per-clone patch
         self.word: str | None = None
         self._word: TrainingWord | None = None
         self._superclass_ids: list[int] = []
