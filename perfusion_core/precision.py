@@ -78,9 +78,9 @@ class LossScaler:
         if not grads:
             return True
         if self.enabled:
-            torch._foreach_mul_(grads, 1.0 / self.scale)
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        return bool(finite)
+            for g in grads:
+                g.mul_(1.0 / self.scale)
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     def update(self, finite: bool) -> bool:
         """Adapt the scale after a step; return whether an overflow can still be explained by it (else the

@@ -247,6 +247,18 @@ def test_train_in_half_precision(server, training_images, dtype):
     assert render(server, concepts=({"name": f"{name}.safetensors"},)) != render(server)
 
 
+def test_train_an_fp8_stored_unet(server, training_images):
+    """A UNet stored in fp8 trains through ComfyUI's per-call cast, into float32 targets."""
+    from harness.comfy.graphs import train_graph
+    from perfusion_core import load_concept
+
+    server.run(train_graph(training_images, "trained-fp8", steps=3, preview_every=3, weight_dtype="fp8_e4m3fn"))
+    assert "model weight dtype torch.float8_e4m3fn" in server.log.read_text()  # ComfyUI's own account
+    concept = load_concept(server.perfusion_dir / "trained-fp8.safetensors")
+    assert concept.training["steps"] == "3" and all(torch.isfinite(t).all() for t in concept.o_v.values())
+    assert render(server, concepts=({"name": "trained-fp8.safetensors"},)) != render(server)
+
+
 def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, training_images):
     import time
 

@@ -15,7 +15,8 @@ from perfusion_core.regions import WEIGHT
 from .server import ComfyServer
 
 CHECKPOINT = "tiny-sd15.safetensors"
-SD1_FILES = {"checkpoints": (CHECKPOINT,), "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors"),
+SD1_FILES = {"checkpoints": (CHECKPOINT,), "diffusion_models": (CHECKPOINT,),  # UNETLoader reads a checkpoint's UNet
+             "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors"),
              "controlnet": ("tiny-controlnet.safetensors",), "hypernetworks": ("tiny-hypernetwork.pt",)}
 SDXL_FILES = {"diffusion_models": ("sdxl-unet.safetensors",), "vae": ("sdxl-taesd.safetensors",),
               "text_encoders": ("sdxl-clip-l.safetensors", "sdxl-clip-g.safetensors")}  # models/ folder: files
@@ -164,11 +165,15 @@ def write_training_images(folder: Path, count: int = 2, size: int = 64) -> list[
 
 def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, save_every: int = 0,
                 preview_every: int = 5, resume: bool = False, caption_count: int = 64, batch_size: int = 4,
-                checkpoint: str = CHECKPOINT, compute_dtype: str | None = None) -> dict:
-    """Checkpoint (its UNet computing in `compute_dtype`, if given) + LoadImage × N (batched) → Train Perfusion → save
-    the loss curve and previews."""
+                checkpoint: str = CHECKPOINT, compute_dtype: str | None = None,
+                weight_dtype: str | None = None) -> dict:
+    """Checkpoint (its UNet stored in `weight_dtype` through UNETLoader and computing in `compute_dtype`, if given) +
+    LoadImage × N (batched) → Train Perfusion → save the loss curve and previews."""
     g: dict[str, dict] = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
     model = ["ckpt", 0]
+    if weight_dtype:
+        g["unet"] = {"class_type": "UNETLoader", "inputs": {"unet_name": checkpoint, "weight_dtype": weight_dtype}}
+        model = ["unet", 0]
     if compute_dtype:
         g["dtype"] = {"class_type": "ModelComputeDtype", "inputs": {"model": model, "dtype": compute_dtype}}
         model = ["dtype", 0]

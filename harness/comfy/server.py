@@ -123,7 +123,8 @@ class ComfyServer:
     def prepare(self) -> None:
         from .graphs import SD1_FILES, SDXL_FILES
 
-        files = {**SD1_FILES, **(SDXL_FILES if self.sdxl else {})}
+        files = {folder: (*SD1_FILES.get(folder, ()), *(SDXL_FILES.get(folder, ()) if self.sdxl else ()))
+                 for folder in {*SD1_FILES, *SDXL_FILES}}
         for sub in ("custom_nodes", "models/perfusion", "input", "output", *(f"models/{folder}" for folder in files)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         link = self.base / "custom_nodes" / PACK_NAME
