@@ -248,3 +248,20 @@ def test_sdxl_layer_names_are_the_sgm_names():
                                    "output_blocks.1", "output_blocks.2"), 10))
            for block in blocks for k in range(depth)}
     assert {layer.name for layer in _real_layers("sdxl")} == sgm
+
+
+def test_files_are_written_with_the_process_umask(tmp_path):
+    import os
+    import stat
+
+    from perfusion_core.files import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.safetensors", b"x")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.safetensors", b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o600
