@@ -8,23 +8,27 @@ FakeTensorMode: shapes, dtypes, no data), while a dispatch mode adds up the byte
 The peak is the weights plus the most that is alive at once: what autograd keeps for the backward pass and the
 transient outputs. Not counted: the CUDA context (0.3-0.5 GiB), the caching allocator's rounding and fragmentation,
 and the VAE, which encodes the images one at a time before training and then waits on the CPU.
-Run: .venv/bin/python -m benchmarks.train_memory  (about a minute)
+With COMFYUI_PATH set, ComfyUI's own UNet runs the same way under its interpreter (`harness/comfy/unet_memory.py`,
+with the attention ComfyUI picks on a CUDA card and its own checkpointing patch, as `nodes.host` uses it).
+Run: [COMFYUI_PATH=/path/to/ComfyUI] .venv/bin/python -m benchmarks.train_memory  (about a minute)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import weakref
+import os
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from harness.comfy.server import comfyui_tree
+from harness.fake_memory import LiveBytes, weight_bytes
 from perfusion_core import Concept, ConceptUse, build_patch, cross_attention_layers
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.memory import ACTIVATIONS_GIB
@@ -35,10 +39,11 @@ from tests.builders import WORDS, clip_tokenizer
 GIB = 2**30
 GOALS_GIB = {"sd1": 6.0, "sdxl": 11.0}  # an 8 GB card trains SD1.5, a 12 GB card SDXL
 BATCH = 4
+UNET_MEMORY = Path(__file__).resolve().parents[1] / "harness" / "comfy" / "unet_memory.py"
 # The text encoders' storage per host path: the command line loads them in float32; ComfyUI, A1111 and Forge keep
 # them in fp16 (ComfyUI computes them in float32 layer by layer, recomputed in the backward pass)
 PATHS = {"cli": ("command line (text encoders fp32)", torch.float32),
-         "hosts": ("ComfyUI, A1111, Forge (text fp16)", torch.float16)}
+         "hosts": ("A1111, Forge (diffusers UNet, text fp16)", torch.float16)}
 
 
 @dataclass(frozen=True)
@@ -63,39 +68,6 @@ FAMILIES = {
         addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
         sample_size=128), (CLIP_L, CLIP_G)),
 }
-
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the storages that ops create, while they are alive; `peak` is the most at once."""
-
-    def __init__(self, *counted_apart: torch.nn.Module) -> None:
-        super().__init__()
-        # the weights are counted apart: a view of one (a transposed weight) is no new storage
-        self.live: dict[int, int] = {t.untyped_storage()._cdata: 0 for m in counted_apart
-                                     for t in [*m.parameters(), *m.buffers()]}
-        self.current = self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._track(t.untyped_storage())
-        return out
-
-    def _track(self, storage) -> None:
-        key = storage._cdata
-        if key not in self.live:
-            self.live[key] = storage.nbytes()
-            self.current += self.live[key]
-            self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._free, key)
-
-    def _free(self, key: int) -> None:
-        self.current -= self.live.pop(key)
-
-
-def _bytes(*modules: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
 def _built_in(dtype: torch.dtype, build) -> torch.nn.Module:
@@ -148,7 +120,7 @@ def micro_step(family: Family, dtype: torch.dtype, text_dtype: torch.dtype, chec
     with fake:
         install_patch(host.unet, layers, patches)
         host.set_gradient_checkpointing(checkpointing)
-        weights = _bytes(host.unet, *host.text_encoders)
+        weights = weight_bytes(host.unet, *host.text_encoders)
         trained = sum(t.numel() * 4 * 3 for t in [*concept.o_v.values(), *concept.embeddings])  # and Adam's moments
         latent = family.pixels // 8
         tracker = LiveBytes(host.unet, *host.text_encoders)
@@ -163,26 +135,44 @@ def micro_step(family: Family, dtype: torch.dtype, text_dtype: torch.dtype, chec
     return {"weights": weights, "trained": trained, "step": tracker.peak, "peak": weights + trained + tracker.peak}
 
 
+def comfyui_step(tree, family: Family, checkpointing: bool) -> dict:
+    """ComfyUI's own UNet (`harness/comfy/unet_memory.py`, run by the tree's interpreter), plus the weights of the text
+    encoders in fp16 as ComfyUI keeps them."""
+    out = subprocess.run([tree.python, str(UNET_MEMORY), family.name, "on" if checkpointing else "off"],
+                         cwd=tree.root, env={**os.environ, "PYTHONPATH": str(tree.root)}, capture_output=True,
+                         text=True, check=True)
+    unet = json.loads(out.stdout.strip().splitlines()[-1])
+    with FakeTensorMode():
+        text = weight_bytes(*_host(family, torch.float16, torch.float16).text_encoders)
+    weights = unet["weights"] + text
+    return {"weights": weights, "step": unet["step"], "peak": weights + unet["step"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
     args = parser.parse_args()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     print(f"one training micro-step, batch {BATCH}, UNet in {args.dtype}, fake tensors")
-    print(f"{'model':<6} {'px':>5} {'host path':<34} {'checkpointing':>13} {'weights GiB':>11} {'step GiB':>9} "
+    print(f"{'model':<6} {'px':>5} {'host path':<40} {'checkpointing':>13} {'weights GiB':>11} {'step GiB':>9} "
           f"{'peak GiB':>9} {'goal':>5}")
     figures: dict[str, float] = {}
+    tree = comfyui_tree()
+    paths = {**PATHS, **({"comfyui": (f"{tree}, its own UNet (text fp16)", None)} if tree else {})}
     for name, family in FAMILIES.items():
-        for path, (label, text_dtype) in PATHS.items():
+        for path, (label, text_dtype) in paths.items():
             for checkpointing in (False, True):
-                r = micro_step(family, dtype, text_dtype, checkpointing)
+                if path == "comfyui":
+                    r = comfyui_step(tree, family, checkpointing)
+                else:
+                    r = micro_step(family, dtype, text_dtype, checkpointing)
                 tag = f"{name}_{path}_{'ckpt' if checkpointing else 'no_ckpt'}"
                 figures[f"{tag}_peak_gib"] = round(r["peak"] / GIB, 2)
                 figures[f"{tag}_step_gib"] = round(r["step"] / GIB, 2)
-                print(f"{name:<6} {family.pixels:>5} {label:<34} {'on' if checkpointing else 'off':>13} "
+                print(f"{name:<6} {family.pixels:>5} {label:<40} {'on' if checkpointing else 'off':>13} "
                       f"{r['weights'] / GIB:>11.2f} {r['step'] / GIB:>9.2f} {r['peak'] / GIB:>9.2f} "
                       f"{GOALS_GIB[name]:>5.0f}")
-        for path in PATHS:
+        for path in paths:
             tag = f"{name}_{path}"
             figures[f"{tag}_ckpt_vs_goal"] = round(figures[f"{tag}_ckpt_peak_gib"] / GOALS_GIB[name], 3)
             saved = figures[f"{tag}_ckpt_peak_gib"] / figures[f"{tag}_no_ckpt_peak_gib"]
