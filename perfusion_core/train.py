@@ -114,7 +114,7 @@ class TrainSettings:
     flip: float = 0.5
     mask_floor: float = 0.0
     seed: int = 0
-    save_every: int = 0  # 0: save only at the end
+    save_every: int = SAVE_EVERY  # 0: save only at the end
     preview_every: int = 0  # 0: no previews
     preview_prompts: tuple[str, ...] = ("a photo of a {}",)
     preview_seeds: tuple[int, ...] = (0,)

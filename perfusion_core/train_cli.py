@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from .captions import load_captions
+from .errors import TrainingError
 from .images import image_grid, load_image_folder, loss_curve, save_image
 from .memory import CHECKPOINTING
 from .precision import PRECISIONS
-from .train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings
+from .train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 
 EXAMPLE = """example:
   python -m perfusion_core train --model toyworld/model --images my_teddy/ --superclass teddy \\
@@ -88,6 +89,9 @@ def _moment_progress(done: int, total: int) -> None:
 def run(args: argparse.Namespace) -> None:
     from .diffusers_host import DiffusersHost
 
+    if args.resume and state_path_for(args.resume).resolve() != state_path_for(args.out).resolve():
+        raise TrainingError(f"a resumed run goes on writing where it started: give --out {args.resume} (not "
+                            f"{args.out}), or copy the concept and its state file to the new name and resume that")
     captions = load_captions(args.captions)
     host = DiffusersHost(args.model, device=args.device, captions=captions[: args.caption_count or None],
                          precision=args.precision)

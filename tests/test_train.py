@@ -56,8 +56,13 @@ def test_short_run_trains_only_targets_and_embedding(sd1_folder, tmp_path):
     assert set(concept.o_v) == {layer.name for layer in trainer.layers}
     assert concept.training["steps"] == "3" and concept.family == "sd1"
     assert state_path_for(out).is_file() and len(result.losses) == 3
+    # the written concept applies: it changes the UNet's output, and unpatching restores it bit for bit
+    noisy, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    cond = host.encode(["a photo of a hugsy"], concept.embeddings)
+    before = host.predict(noisy, t, cond)
     with patch_unet(host.unet, [(concept, 0.7, 0.15)]):
-        pass
+        assert not torch.allclose(host.predict(noisy, t, cond), before)
+    assert torch.equal(host.predict(noisy, t, cond), before)
 
 
 def test_resume_is_bit_identical(sd1_folder, tmp_path):
@@ -281,3 +286,12 @@ def test_sdxl_trains_on_the_pooled_vector_sampling_passes(tmp_path):
     assert torch.allclose(pooled, sampled, atol=1e-5) and not pooled.requires_grad
     superclass = host.encode(["a photo of teddy"], None).extra["added_cond_kwargs"]["text_embeds"]
     assert not torch.allclose(pooled, superclass, atol=1e-4)
+
+
+def test_command_line_refuses_to_resume_into_another_file(tmp_path, capsys):
+    from perfusion_core.cli import main
+
+    argv = ["train", "--model", str(tmp_path / "none"), "--images", str(tmp_path), "--superclass", "teddy",
+            "--token", "hugsy", "--resume", str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "b.safetensors")]
+    assert main(argv) == 2
+    assert "give --out" in capsys.readouterr().err and not list(tmp_path.iterdir())
