@@ -161,7 +161,11 @@ class ComfyHost:
         """Prompts encoded as sampling encodes them; the trigger word reads `embeddings` (None: never used)."""
         if embeddings is not None:
             self._word.embeddings = embeddings
-            self._loaded()
+        if embeddings is not None and torch.is_grad_enabled():
+            # once per training micro-step (the trainer encodes, then predicts); the first also unloads the VAE,
+            # whose latents are cached
+            self._loaded(memory_required=0 if self._training else 1e20)
+            self._training = True
         tokens = [self._tokens(p) for p in prompts]
         context = self._encode_chunks(tokens).reshape(len(prompts), -1, self._context_dim).to(self.device)
         extra = {}
@@ -199,9 +203,6 @@ class ComfyHost:
                                       noise=x, device=self.device, width=x.shape[-1] * 8, height=x.shape[-2] * 8)
         kwargs = {name: c.process_cond(batch_size=x.shape[0], device=self.device).cond for name, c in conds.items()}
         options = dict(self.model.model_options.get("transformer_options", {}))
-        if torch.is_grad_enabled():  # the first training step also unloads the VAE: the latents are cached
-            self._loaded(memory_required=0 if self._training else 1e20)
-            self._training = True
         denoised = self.base.apply_model(x, sigma, transformer_options=options, **kwargs)
         s = sigma.view(-1, 1, 1, 1)
         if self.objective.prediction == "epsilon":

@@ -107,5 +107,5 @@ def cached_second_moment(
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     moment = compute()
-    save_tensors(path, {"total": moment.total.cpu(), "count": torch.tensor(moment.count)}, {"key": key})
+    save_tensors(path, {"total": moment.total, "count": torch.tensor(moment.count)}, {"key": key})
     return moment

@@ -256,7 +256,7 @@ class Trainer:
         """Latents of `images`, one image at a time (a VAE's activations at 1024 px are GBs), checked finite."""
         latents = []
         for k, image in enumerate(images):
-            latent = self.host.encode_images(image[None]).float().cpu()
+            latent = self.host.encode_images(image[None]).float()
             if not torch.isfinite(latent).all():
                 raise TrainingError(
                     f"the VAE encoded training image {k + 1} to NaN or inf: it overflows in this precision (SDXL's "
