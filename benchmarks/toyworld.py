@@ -45,8 +45,9 @@ from perfusion_core import (
 )
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
+from perfusion_core.knobs import GATE
 from perfusion_core.patch import PaintedAttention
-from perfusion_core.regions import WEIGHT, RegionPainter, named_region
+from perfusion_core.regions import RegionPainter, named_region
 from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
 from toyworld import probe as toy_probe
@@ -338,11 +339,11 @@ def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str
                                                         scenes, concepts) for weight in (0.0, *REGION_WEIGHTS)}
     methods = tuple(trained[concept]["perfusion"] for concept in WORDS)
     times = {}
-    for weight in (0.0, WEIGHT) * 3:
+    for weight in (0.0, GATE["region_weight"].default) * 3:
         started = time.perf_counter()
         sample_painted(host, methods, scenes, weight, None)
         times.setdefault(weight, []).append(time.perf_counter() - started)
-    row["overhead"] = min(times[WEIGHT]) / min(times[0.0])
+    row["overhead"] = min(times[GATE["region_weight"].default]) / min(times[0.0])
     return row
 
 
@@ -592,7 +593,7 @@ def main() -> None:
                 "## Paint with concepts (two concepts, each with the half of the image it is prompted in; one "
                 "pass)", "",
                 regions_table({"five views": regions, "companion training": regions_companions}), "",
-                f"Painted pass (w {WEIGHT:g}) over unpainted pass (Perfusion, same prompts): "
+                f"Painted pass (w {GATE['region_weight'].default:g}) over unpainted pass (Perfusion, same prompts): "
                 f"{regions['overhead']:.3f} "
                 f"(companion training: {regions_companions['overhead']:.3f})", ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import comfy.model_patcher
+import comfy.sd
 from comfy_api.v0_0_2 import io
 
-from ..perfusion_core import Concept, ConceptUse, IncompatibleConceptError
+from ..perfusion_core import Concept, ConceptUse, IncompatibleConceptError, PerfusionError
+from ..perfusion_core.knobs import GATE
 from ..perfusion_core.layers import check_text_encoder_layer
-from ..perfusion_core.regions import WEIGHT
+from ..perfusion_core.patch import LOCKS
 from .concepts import ConceptType
+from .inputs import number_input, require
 from .patching import apply_uses, current_uses
 from .text import clip_concepts, encoders, text_encoder_layer, with_concepts
 
@@ -15,14 +19,10 @@ LOCK_TOOLTIP = ("local: the concept's keys are locked to its superclass token by
                 "the keys read the whole prompt encoded with the superclass word (richer scenes; use β 0.4–0.6).")
 
 
-def gate_inputs(beta_default: float = 0.7) -> list:
-    return [
-        io.Float.Input("tau", default=0.15, min=0.01, max=1.0, step=0.01,
-                       tooltip="Gate temperature τ: how sharply the gate switches on around β."),
-        io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
-                       tooltip="Scales the whole edit; 1 is the exact Perfusion formula."),
-        io.Combo.Input("lock", options=["local", "global"], default="local", tooltip=LOCK_TOOLTIP),
-    ]
+def gate_inputs(*left_out: str) -> list:
+    """A widget per gate knob but `left_out` and the region's weight (it follows the region), then the lock."""
+    knobs = [number_input(k) for name, k in GATE.items() if name not in (*left_out, "region_weight")]
+    return [*knobs, io.Combo.Input("lock", options=list(LOCKS), default=LOCKS[0], tooltip=LOCK_TOOLTIP)]
 
 
 def check_clip(clip, concept: Concept) -> None:
@@ -39,6 +39,8 @@ def check_clip(clip, concept: Concept) -> None:
 
 def apply_concept(model, clip, use: ConceptUse):
     """`(model, clip)` with `use` added to the joint patch (replacing the same concept applied earlier)."""
+    require(model, comfy.model_patcher.ModelPatcher, "model", "a MODEL")
+    require(clip, comfy.sd.CLIP, "clip", "a CLIP")
     patched = apply_uses(model, [*current_uses(model), use])  # refuses another family with the core's error
     check_clip(clip, use.concept)
     concepts, superclass = clip_concepts(clip)
@@ -64,17 +66,12 @@ class ApplyPerfusion(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The text encoder; use the returned CLIP in your CLIPTextEncode "
                                               "nodes so the trigger word reads the learned embedding."),
                 ConceptType.Input("concept", tooltip="From Load Perfusion Concept or Train Perfusion."),
-                io.Float.Input("beta", default=0.7, min=0.0, max=1.0, step=0.01,
-                               tooltip="Gate bias β: tokens less similar to the concept than β are left alone. "
-                                       "Lower = more of the concept, less of the prompt (useful 0.6–0.75)."),
                 *gate_inputs(),
                 io.Mask.Input("region", optional=True,
                               tooltip="Where the concept goes (white = here), at the image's aspect ratio: its "
                                       "word's attention is drawn into the region in the same sampling pass. Give "
                                       "each concept its own mask for several concepts side by side."),
-                io.Float.Input("region_weight", default=WEIGHT, min=0.0, max=5.0, step=0.01,
-                               tooltip="How strongly the region draws the concept's attention (eDiffi's w; "
-                                       "scaled with the noise level). Used only with a region."),
+                number_input(GATE["region_weight"]),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -83,9 +80,8 @@ class ApplyPerfusion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, concept: Concept, beta: float, tau: float, strength: float, lock: str,
-                region=None, region_weight: float = WEIGHT) -> io.NodeOutput:
-        use = ConceptUse(concept, beta, tau, strength, lock, region, region_weight)
+    def execute(cls, model, clip, concept: Concept, lock: str, region=None, **knobs: float) -> io.NodeOutput:
+        use = ConceptUse(concept, lock=lock, region=region, **knobs)
         return io.NodeOutput(*apply_concept(model, clip, use))
 
 
@@ -103,7 +99,7 @@ class PerfusionGateSweep(io.ComfyNode):
                 ConceptType.Input("concept", tooltip="From Load Perfusion Concept or Train Perfusion."),
                 io.String.Input("betas", default="0.5, 0.6, 0.7, 0.8",
                                 tooltip="Comma-separated β values in [0, 1], one model each."),
-                *gate_inputs(),
+                *gate_inputs("beta"),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", is_output_list=True,
@@ -114,27 +110,30 @@ class PerfusionGateSweep(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, betas: str, **_) -> bool | str:
+    def validate_inputs(cls, betas: str) -> bool | str:  # only `betas`: ComfyUI checks the other inputs itself
         try:
             parse_betas(betas)
-        except ValueError as e:
+        except PerfusionError as e:
             return str(e)
         return True
 
     @classmethod
-    def execute(cls, model, clip, concept: Concept, betas: str, tau: float, strength: float,
-                lock: str) -> io.NodeOutput:
+    def execute(cls, model, clip, concept: Concept, betas: str, lock: str, **knobs: float) -> io.NodeOutput:
         values = parse_betas(betas)
-        results = [apply_concept(model, clip, ConceptUse(concept, b, tau, strength, lock)) for b in values]
+        results = [apply_concept(model, clip, ConceptUse(concept, b, lock=lock, **knobs)) for b in values]
         return io.NodeOutput([m for m, _ in results], results[0][1], values)
 
 
 def parse_betas(text: str) -> list[float]:
-    """`"0.5, 0.6"` → `[0.5, 0.6]`; each in [0, 1]."""
-    try:
-        values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"betas must be comma-separated numbers such as '0.5, 0.6, 0.7', got {text!r}") from None
-    if not values or not all(0.0 <= b <= 1.0 for b in values):
-        raise ValueError(f"betas must be one or more numbers in [0, 1], got {text!r}")
-    return values
+    """`"0.5, 0.6"` → `[0.5, 0.6]`, each a valid gate bias."""
+    parts = [part.strip() for part in str(text).replace(";", ",").split(",") if part.strip()]
+    if not parts:
+        raise PerfusionError(f"betas must be comma-separated numbers such as '0.5, 0.6, 0.7', got {text!r}")
+    values = []
+    for part in parts:
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise PerfusionError(f"betas must be comma-separated numbers such as '0.5, 0.6, 0.7', got {part!r} in "
+                                 f"{text!r}") from None
+    return [GATE["beta"].check(b, "betas") for b in values]

@@ -31,7 +31,7 @@ from ..perfusion_core.second_moment import (
     weights_key,
 )
 from ..perfusion_core.train import Conditioning
-from ..perfusion_core.words import in_vocabulary, known_word
+from ..perfusion_core.words import in_vocabulary, known_word, superclass_token
 from .text import encoders, text_encoder_layer, with_concepts
 
 PREVIEW_STEPS = 20
@@ -124,20 +124,15 @@ class ComfyHost:
     # -- words -------------------------------------------------------------------------------------------
 
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
+        parts = encoders(self.clip)
+        self._superclass_ids = superclass_token(superclass, lambda text: [t.tokenizer(text)["input_ids"][1:-1]
+                                                                          for _, t, _ in parts])
         embeddings = []
-        self._superclass_ids = []
-        for _, tokenizer, encoder in encoders(self.clip):
-            ids = tokenizer.tokenizer(superclass)["input_ids"][1:-1]
-            if len(ids) != 1:
-                raise TrainingError(
-                    f"the superclass {superclass!r} is {len(ids)} tokens for this text encoder; it must be one "
-                    "token: use a single common noun such as 'dog', 'teddy' or 'sculpture'"
-                )
+        for (_, tokenizer, encoder), token in zip(parts, self._superclass_ids, strict=True):
             if in_vocabulary(tokenizer.tokenizer, word):
                 raise known_word(word)
-            self._superclass_ids.append(ids[0])
             table = encoder.transformer.get_input_embeddings().weight
-            embeddings.append(table[ids[0]].detach().float().cpu().clone())
+            embeddings.append(table[token].detach().float().cpu().clone())
         self.word = word
         self._word = TrainingWord(word, [torch.zeros_like(e) for e in embeddings], self.family)
         self.clip = with_concepts(self.clip, {word: self._word}, {})  # one CLIP (one loaded patcher) for the run

@@ -6,6 +6,8 @@ import logging
 import re
 
 import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
 import comfy.utils
 import torch
 from comfy_api.v0_0_2 import io
@@ -15,10 +17,12 @@ from torch import Tensor
 from ..perfusion_core import TrainingError
 from ..perfusion_core.captions import load_captions
 from ..perfusion_core.images import data_url, loss_curve, preview_grid, to_pil
+from ..perfusion_core.knobs import RECIPE
 from ..perfusion_core.memory import CHECKPOINTING
-from ..perfusion_core.train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
+from ..perfusion_core.train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 from .concepts import ConceptType, default_folder
 from .host import ComfyHost
+from .inputs import number_input, require
 from .patching import current_uses
 
 CAPTIONS = len(load_captions())
@@ -44,24 +48,17 @@ def _inputs() -> list:
         io.String.Input("name", default="my-concept", tooltip="File name in models/perfusion (NAME.safetensors, "
                                                               "plus NAME.state.safetensors for resuming); an "
                                                               "existing file of that name is replaced."),
-        io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimizer steps (the paper: 400)."),
-        io.Float.Input("lr_target", default=0.03, min=1e-6, max=1.0, step=0.001,
-                       tooltip="Learning rate of the value targets o*_V (the paper: 0.03)."),
-        io.Float.Input("lr_embedding", default=0.006, min=1e-6, max=1.0, step=0.0005,
-                       tooltip="Learning rate of the trigger word's embedding (the paper: 0.006)."),
-        io.Int.Input("batch_size", default=4, min=1, max=64,
-                     tooltip="Images per forward pass; gradients are accumulated to an effective batch of 16."),
-        io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False,  # a rerun reproduces
-                     tooltip="Seed of the image, timestep and noise draws, and of the previews."),
-        io.Float.Input("beta", default=0.75, min=0.0, max=1.0, step=0.01,
-                       tooltip="Gate bias β during training (the paper: 0.75)."),
-        io.Float.Input("tau", default=0.10, min=0.01, max=1.0, step=0.01,
-                       tooltip="Gate temperature τ during training (the paper: 0.10)."),
-        io.Int.Input("preview_every", default=50, min=1, max=100000,
-                     tooltip="Render a preview ('a photo of a WORD') every N steps; at least one is rendered."),
-        io.Int.Input("save_every", default=SAVE_EVERY, min=0, max=100000,
-                     tooltip="Write the concept and its resumable state every N steps (0: only at the end). "
-                             "Cancelling saves the steps done so far."),
+        number_input(RECIPE["steps"]),
+        number_input(RECIPE["lr_target"]),
+        number_input(RECIPE["lr_embedding"]),
+        number_input(RECIPE["batch_size"], "Images per forward pass; gradients are accumulated to an effective "
+                                           "batch of 16."),
+        number_input(RECIPE["seed"], control_after_generate=False),  # a rerun reproduces
+        number_input(RECIPE["beta"]),
+        number_input(RECIPE["tau"]),
+        number_input(RECIPE["preview_every"], "Render a preview ('a photo of a WORD') every N steps; at least one "
+                                              "is rendered.", default=50, min=1),
+        number_input(RECIPE["save_every"], RECIPE["save_every"].meaning + " Cancelling saves the steps done so far."),
         io.Boolean.Input("resume", default=False, tooltip="Continue NAME's run from NAME.state.safetensors (its own "
                                                           "settings; steps, preview and save intervals from here)."),
         io.Int.Input("caption_count", default=CAPTIONS, min=16, max=CAPTIONS,
@@ -98,13 +95,9 @@ class TrainPerfusion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name: str = "my-concept", word: str = "hugsy", superclass: str = "teddy",
-                        **_) -> bool | str:
+    def validate_inputs(cls, name: str) -> bool | str:  # only `name`: ComfyUI checks the other inputs itself
         if not _NAME.match(name.removesuffix(".safetensors")):
             return f"name {name!r} must be a plain file name (letters, digits, '-', '_', '.'), without folders"
-        for label, value in (("word", word), ("superclass", superclass)):
-            if not value.strip() or any(c.isspace() for c in value.strip()):
-                return f"{label} must be one word without spaces, got {value!r}"
         return True
 
     @classmethod
@@ -112,6 +105,12 @@ class TrainPerfusion(io.ComfyNode):
                 lr_target: float, lr_embedding: float, batch_size: int, seed: int, beta: float, tau: float,
                 preview_every: int, save_every: int, resume: bool, caption_count: int,
                 gradient_checkpointing: str = "auto", mask: Tensor | None = None) -> io.NodeOutput:
+        require(model, comfy.model_patcher.ModelPatcher, "model", "a MODEL")
+        require(clip, comfy.sd.CLIP, "clip", "a CLIP")
+        require(vae, comfy.sd.VAE, "vae", "a VAE")
+        require(images, Tensor, "images", "an IMAGE")
+        if mask is not None:
+            require(mask, Tensor, "mask", "a MASK")
         if current_uses(model):
             raise TrainingError("the model already carries Apply Perfusion: connect the checkpoint's model directly")
         out = default_folder() / f"{name.removesuffix('.safetensors')}.safetensors"

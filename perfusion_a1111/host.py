@@ -25,7 +25,7 @@ from perfusion_core.second_moment import (
     weights_key,
 )
 from perfusion_core.train import Conditioning
-from perfusion_core.words import known_word
+from perfusion_core.words import known_word, superclass_token
 
 from . import backend
 
@@ -89,22 +89,14 @@ class A1111Host:
 
     # -- words -------------------------------------------------------------------------------------------
 
-    def _single_token(self, word: str) -> int:
-        """The token id of `word` for the first text encoder, checking it is one token for each."""
-        ids = [model.tokenize([word])[0] for model in self.text_models]
-        if any(len(i) != 1 for i in ids):
-            raise TrainingError(
-                f"the superclass {word!r} is {max(len(i) for i in ids)} tokens for this model's tokenizer; it must "
-                "be one token: use a common single word such as 'dog', 'toy' or 'teddy'"
-            )
-        return ids[0][0]
+    def _token(self, superclass: str) -> int:
+        """The superclass's token id for the first text encoder, checking it is one token for each."""
+        return superclass_token(superclass, lambda text: [model.tokenize([text])[0] for model in self.text_models])[0]
 
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
-        if any(c in word for c in "<>:,()[]") or not word.strip():
-            raise TrainingError(f"the concept word {word!r} must be one plain word, e.g. 'hugsy'")
         if all(len(model.tokenize([word])[0]) == 1 for model in self.text_models):
             raise known_word(word)
-        self._single_token(superclass)
+        self._token(superclass)
         with torch.no_grad(), devices.autocast():
             embeddings = [self._input_embedding(model, superclass).detach().float().cpu() for model in self.text_models]
         self.word = word
@@ -133,7 +125,7 @@ class A1111Host:
         return Conditioning(cond.float())
 
     def word_mask(self, prompts: list[str], word: str) -> Tensor:
-        token = None if word == self.word else self._single_token(word)
+        token = None if word == self.word else self._token(word)
         chunked = [self.text_models[0].tokenize_line(prompt)[0] for prompt in prompts]
         mask = torch.zeros(len(prompts), CHUNK * max(len(c) for c in chunked), dtype=torch.bool)
         for row, chunks in enumerate(chunked):

@@ -6,9 +6,9 @@ from modules import shared, ui_extra_networks
 from modules.ui_extra_networks import quote_js
 
 from perfusion_core import PerfusionError
+from perfusion_core.knobs import GATE
 
 from .library import ConceptLibrary
-from .tags import DEFAULT_BETA
 
 
 class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
@@ -44,7 +44,7 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
             "sort_keys": {"default": index, **self.get_sort_keys(str(file.path))},
         }
         self.read_user_metadata(item)
-        beta = item["user_metadata"].get("preferred weight") or DEFAULT_BETA
+        beta = item["user_metadata"].get("preferred weight") or GATE["beta"].default
         item["prompt"] = quote_js(file.card_prompt(float(beta)))
         return item
 

@@ -14,13 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from perfusion_core import PerfusionError
+from perfusion_core.knobs import GATE, check_gate
 from perfusion_core.patch import LOCKS
-from perfusion_core.regions import WEIGHT
 
 TAG = "perfusion"
-DEFAULT_BETA = 0.7
-DEFAULT_TAU = 0.15
-_NAMED = ("beta", "tau", "strength", "lock", "region", "region_weight")
+_NAMED = (*GATE, "lock", "region")
 _TAG_NAME = re.compile(rf"<{TAG}:([^:>]+)")
 
 
@@ -29,28 +27,27 @@ class ConceptRequest:
     """One concept as asked for in a prompt: the file name and its runtime settings."""
 
     name: str
-    beta: float = DEFAULT_BETA
-    tau: float = DEFAULT_TAU
-    strength: float = 1.0
+    beta: float = GATE["beta"].default
+    tau: float = GATE["tau"].default
+    strength: float = GATE["strength"].default
     lock: str = "local"
     region: str | None = None
-    region_weight: float = WEIGHT
+    region_weight: float = GATE["region_weight"].default
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in ":,<>"):
             raise PerfusionError(f"perfusion concept name {self.name!r} is empty or contains one of : , < >")
         if self.region is not None and (not self.region or any(c in self.region for c in ":,<>")):
             raise PerfusionError(f"<{TAG}:{self.name}:...>: region {self.region!r} is empty or contains one of : , < >")
-        if not self.tau > 0:
-            raise PerfusionError(f"<{TAG}:{self.name}:...>: tau must be positive, got {self.tau}")
+        check_gate(f"<{TAG}:{self.name}:...>", **{name: getattr(self, name) for name in GATE})
         if self.lock not in LOCKS:
             raise PerfusionError(f"<{TAG}:{self.name}:...>: lock must be one of {', '.join(LOCKS)}, got {self.lock!r}")
 
     def fields(self) -> list[str]:
         """`name`, β, τ, then the named settings that differ from their defaults (a region with its weight)."""
         items = [self.name, f"{self.beta:.2f}", f"{self.tau:.2f}"]
-        if self.strength != 1.0:
-            items.append(f"strength={self.strength:.2f}")
+        items += [f"{knob}={getattr(self, knob):.2f}" for knob in GATE if knob not in ("beta", "tau", "region_weight")
+                  and getattr(self, knob) != GATE[knob].default]
         if self.lock != "local":
             items.append(f"lock={self.lock}")
         if self.region is not None:  # the weight always, so that a later default cannot change a pasted image
@@ -81,15 +78,9 @@ def parse_request(positional: Sequence[str], named: Mapping[str, str]) -> Concep
     if unknown:
         raise PerfusionError(f"<{TAG}:{name}:...>: unknown setting {', '.join(unknown)}; known: {', '.join(_NAMED)}")
     values = dict(zip(("beta", "tau"), positional[1:], strict=False)) | named
-    return ConceptRequest(
-        name=name,
-        beta=_number(name, "beta", values["beta"]) if "beta" in values else DEFAULT_BETA,
-        tau=_number(name, "tau", values["tau"]) if "tau" in values else DEFAULT_TAU,
-        strength=_number(name, "strength", values["strength"]) if "strength" in values else 1.0,
-        lock=str(values.get("lock", "local")).strip(),
-        region=values.get("region"),
-        region_weight=_number(name, "region_weight", values["region_weight"]) if "region_weight" in values else WEIGHT,
-    )
+    numbers = {knob: _number(name, knob, values[knob]) for knob in GATE if knob in values}
+    return ConceptRequest(name=name, lock=str(values.get("lock", "local")).strip(), region=values.get("region"),
+                          **numbers)
 
 
 def parse_items(items: Sequence[str]) -> ConceptRequest:

@@ -11,7 +11,7 @@ from modules import sd_models, shared
 
 from perfusion_core import TrainingError
 from perfusion_core.images import image_grid, load_image_folder, save_image, to_pil
-from perfusion_core.train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
+from perfusion_core.train import StepInfo, Trainer, TrainingData, TrainResult, TrainSettings
 
 from . import backend
 from .forge_host import ForgeHost
@@ -38,7 +38,7 @@ class TrainRequest:
     tau: float = _RECIPE["tau"]
     seed: int = _RECIPE["seed"]
     resolution: int = 0  # 0: the model's own (1024 for SDXL, 512 for the others)
-    save_every: int = SAVE_EVERY
+    save_every: int = _RECIPE["save_every"]
     preview_every: int = _RECIPE["preview_every"]
     preview_prompt: str = "a photo of a {}"
     preview_steps: int = 20

@@ -10,8 +10,8 @@ from modules.call_queue import wrap_gradio_gpu_call
 
 from perfusion_core import PerfusionError
 from perfusion_core.images import loss_curve, to_pil
+from perfusion_core.knobs import GATE
 from perfusion_core.memory import CHECKPOINTING
-from perfusion_core.regions import WEIGHT
 
 from .network import PerfusionNetwork
 from .training import TrainRequest, train
@@ -70,7 +70,7 @@ def create_tab(network: PerfusionNetwork) -> list[tuple[gr.Blocks, str, str]]:
                     gr.HTML("<p>A mask for <code>&lt;perfusion:NAME:0.7:region=MASK&gt;</code>: white where the "
                             "concept goes, at the image's aspect ratio. Named regions need none: left, right, top, "
                             "bottom, centre, top-left, top-right, bottom-left, bottom-right. Its strength: "
-                            f"<code>:region_weight=W</code> (default {WEIGHT:g}).</p>")
+                            f"<code>:region_weight=W</code> (default {GATE['region_weight'].default:g}).</p>")
                     region_image = gr.Image(label="Mask", type="pil", image_mode="L", elem_id="perfusion_region_image")
                     region_name = gr.Textbox(label="Mask name", elem_id="perfusion_region_name")
                     save_region = gr.Button("Save mask", elem_id="perfusion_region_save")

@@ -19,7 +19,7 @@ from .objective import DiffusionObjective
 from .precision import resolve_device, resolve_precision
 from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
 from .train import Conditioning
-from .words import in_vocabulary, known_word, to_superclass
+from .words import in_vocabulary, known_word, superclass_token, to_superclass
 
 
 class DiffusersHost:
@@ -92,19 +92,13 @@ class DiffusersHost:
     # -- words -------------------------------------------------------------------------------------------
 
     def prepare_words(self, word: str, superclass: str) -> list[Tensor]:
+        ids = superclass_token(superclass, lambda text: [t(text, add_special_tokens=False).input_ids
+                                                         for t in self.tokenizers])
         embeddings = []
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
-            ids = tokenizer(superclass, add_special_tokens=False).input_ids
-            if len(ids) != 1:
-                parts = [p for p in superclass.split() if len(tokenizer(p, add_special_tokens=False).input_ids) == 1]
-                hint = f" such as {', '.join(repr(p) for p in parts)}" if parts else " (a common noun like 'dog')"
-                raise TrainingError(
-                    f"the superclass {superclass!r} is {len(ids)} tokens for this tokenizer; it must be one token: "
-                    f"use a single-token word{hint}"
-                )
+        for tokenizer, encoder, token in zip(self.tokenizers, self.text_encoders, ids, strict=True):
             if in_vocabulary(tokenizer, word) and word not in self._added_words:
                 raise known_word(word)
-            embeddings.append(encoder.get_input_embeddings().weight[ids[0]].detach().clone())
+            embeddings.append(encoder.get_input_embeddings().weight[token].detach().clone())
         self._word_ids = self._add_word(word)
         self.word = word
         return embeddings

@@ -22,9 +22,9 @@ from .concept import Concept
 from .errors import IncompatibleConceptError, PerfusionError
 from .files import load_concept
 from .global_lock import SuperclassTwins
+from .knobs import GATE
 from .layers import check_concept, cross_attention_layers, encoded_layer, model_family
 from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet
-from .regions import WEIGHT
 from .words import in_vocabulary, to_superclass
 
 STATE = "_perfusion"  # the pipeline attribute that holds what load_perfusion attached
@@ -226,9 +226,9 @@ def _loaded(pipe) -> _PipelineConcepts:
     return state
 
 
-def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: float = 0.7, tau: float = 0.15,
-                   strength: float = 1.0, lock: str = "local", region: torch.Tensor | None = None,
-                   region_weight: float = WEIGHT) -> Concept:
+def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: float = GATE["beta"].default,
+                   tau: float = GATE["tau"].default, strength: float = GATE["strength"].default, lock: str = "local",
+                   region: torch.Tensor | None = None, region_weight: float = GATE["region_weight"].default) -> Concept:
     """Load a concept (a file, or a `Concept`) into a diffusers SD1/SD2/SDXL pipeline, in place.
 
     Its trigger word becomes a token of the pipeline's tokenizer(s) and the UNet gets the joint gated rank-1 patch of

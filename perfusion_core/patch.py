@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from .concept import Concept
 from .errors import IncompatibleConceptError, PerfusionError
+from .knobs import GATE, check_gate
 from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
 from .rank1 import GatedProjection, GateSettings, JointProjector
-from .regions import WEIGHT, RegionPainter, as_region
+from .regions import RegionPainter, as_region
 
 LOCKS = ("local", "global")
 log = logging.getLogger("perfusion")
@@ -33,14 +34,21 @@ class ConceptUse:
     region (an (H, W) mask in [0, 1] of where it goes, any resolution) with its weight (`regions`)."""
 
     concept: Concept
-    beta: float = 0.7
-    tau: float = 0.15
-    strength: float = 1.0
+    beta: float = GATE["beta"].default
+    tau: float = GATE["tau"].default
+    strength: float = GATE["strength"].default
     lock: str = "local"
     region: Any = field(default=None, compare=False)
-    region_weight: float = WEIGHT
+    region_weight: float = GATE["region_weight"].default
 
     def __post_init__(self) -> None:
+        if not isinstance(self.concept, Concept):
+            raise PerfusionError(f"expected a Perfusion concept, got {type(self.concept).__name__}: give a concept "
+                                 "loaded from its file or trained")
+        checked = check_gate(f"concept '{self.concept.name}'", beta=self.beta, tau=self.tau, strength=self.strength,
+                             region_weight=self.region_weight)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
         if self.lock not in LOCKS:
             raise PerfusionError(f"lock must be one of {LOCKS}, got {self.lock!r}")
         if self.lock == "global" and not self.concept.key_locked:
@@ -58,9 +66,11 @@ UseLike = ConceptUse | Concept | tuple
 
 
 def as_uses(items: Iterable[UseLike]) -> list[ConceptUse]:
-    """Normalise `ConceptUse`, `Concept` or `(concept, beta, tau[, strength[, lock]])` items.
+    """Normalise `ConceptUse`, `Concept` or `(concept, beta, tau[, strength[, lock]])` items, in the order of their
+    words, so that the joint patch of a set of concepts is the same, bit for bit, in whatever order they come.
 
-    A concept word given twice keeps only its last setting (applying a concept again replaces it).
+    A concept word given twice keeps its last setting (applying a concept again replaces it), with a warning where
+    the two settings differ.
     """
     by_word: dict[str, ConceptUse] = {}
     for item in items:
@@ -68,11 +78,25 @@ def as_uses(items: Iterable[UseLike]) -> list[ConceptUse]:
             use = item
         else:
             use = ConceptUse(item) if isinstance(item, Concept) else ConceptUse(*item)
-        by_word.pop(use.concept.word, None)
+        earlier = by_word.get(use.concept.word)
+        if earlier is not None and not _same_settings(earlier, use):
+            log.warning("concept '%s' is applied twice, with different settings: the later ones (%s) replace the "
+                        "earlier (%s)", use.concept.name, _settings(use), _settings(earlier))
         by_word[use.concept.word] = use
     if not by_word:
         raise PerfusionError("no concept to apply: give at least one (concept, beta, tau)")
-    return list(by_word.values())
+    return [by_word[word] for word in sorted(by_word)]
+
+
+def _same_settings(a: ConceptUse, b: ConceptUse) -> bool:
+    regions = a.region is b.region or (a.region is not None and b.region is not None
+                                       and a.region.shape == b.region.shape and torch.equal(a.region, b.region))
+    return regions and _settings(a) == _settings(b)
+
+
+def _settings(use: ConceptUse) -> str:
+    region = "none" if use.region is None else f"a mask, weight {use.region_weight:g}"
+    return f"β {use.beta:g}, τ {use.tau:g}, strength {use.strength:g}, lock {use.lock}, region {region}"
 
 
 @dataclass

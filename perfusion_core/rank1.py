@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import PerfusionError
+from .knobs import GATE, check_gate
 from .precision import float32_math
 
 
@@ -38,13 +39,12 @@ def gate(s: Tensor, beta: float | Tensor, tau: float | Tensor) -> Tensor:
 class GateSettings:
     """Runtime knobs of one concept: gate bias β, temperature τ, and a strength multiplier."""
 
-    beta: float = 0.7
-    tau: float = 0.15
-    strength: float = 1.0
+    beta: float = GATE["beta"].default
+    tau: float = GATE["tau"].default
+    strength: float = GATE["strength"].default
 
     def __post_init__(self) -> None:
-        if not self.tau > 0:
-            raise PerfusionError(f"gate temperature tau must be positive, got {self.tau}: use e.g. 0.15")
+        check_gate("gate", beta=self.beta, tau=self.tau, strength=self.strength)
 
 
 class JointProjector:

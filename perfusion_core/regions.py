@@ -27,8 +27,6 @@ from .errors import PerfusionError
 from .rank1 import JointProjector
 
 SIGMA_CAP = 14.6  # Stable Diffusion's largest σ
-# the default w: two toy-world concepts painted on image halves came out best near it (benchmarks/toyworld.py)
-WEIGHT = 0.75
 
 
 NAMED = ("left", "right", "top", "bottom", "centre", "top-left", "top-right", "bottom-left", "bottom-right")

@@ -22,20 +22,20 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .concept import Concept
-from .errors import TrainingError
+from .errors import PerfusionError, TrainingError
 from .files import read_safetensors, save_concept, save_tensors
 from .images import data_url, preview_grid
+from .knobs import RECIPE
 from .layers import CrossAttentionLayer, cross_attention_layers
 from .memory import use_gradient_checkpointing
 from .objective import DiffusionObjective
 from .patch import ConceptUse, PatchHandle, build_patch, install_patch
 from .precision import LossScaler
 from .second_moment import Progress, SecondMoment
+from .words import check_training_words
 
 STATE_FORMAT = 1
-# What every host offers beyond the recipe: its checkpoint interval, and what a resumed run may change (the rest of
-# the recipe, C's captions included, stays the run's own)
-SAVE_EVERY = 100
+# What a resumed run may change (the rest of the recipe, C's captions included, stays the run's own)
 RESUMABLE = ("steps", "save_every", "preview_every", "gradient_checkpointing")
 log = logging.getLogger("perfusion")
 STUCK_ZERO_STEPS = 10  # a loss of exactly zero this many steps running means nothing is learned
@@ -103,19 +103,19 @@ class TrainSettings:
 
     word: str
     superclass: str
-    steps: int = 400
-    lr_target: float = 0.03
-    lr_embedding: float = 0.006
-    batch_size: int = 4
-    grad_accum: int = 0  # 0: ceil(16 / batch_size), the paper's effective batch
-    beta: float = 0.75
-    tau: float = 0.10
+    steps: int = RECIPE["steps"].default
+    lr_target: float = RECIPE["lr_target"].default
+    lr_embedding: float = RECIPE["lr_embedding"].default
+    batch_size: int = RECIPE["batch_size"].default
+    grad_accum: int = RECIPE["grad_accum"].default  # 0: ceil(16 / batch_size), the paper's effective batch
+    beta: float = RECIPE["beta"].default
+    tau: float = RECIPE["tau"].default
     ema: float = 0.99
-    flip: float = 0.5
-    mask_floor: float = 0.0
-    seed: int = 0
-    save_every: int = SAVE_EVERY  # 0: save only at the end
-    preview_every: int = 0  # 0: no previews
+    flip: float = RECIPE["flip"].default
+    mask_floor: float = RECIPE["mask_floor"].default
+    seed: int = RECIPE["seed"].default
+    save_every: int = RECIPE["save_every"].default  # 0: save only at the end
+    preview_every: int = RECIPE["preview_every"].default  # 0: no previews
     preview_prompts: tuple[str, ...] = ("a photo of a {}",)
     preview_seeds: tuple[int, ...] = (0,)
     templates: tuple[str, ...] = TEMPLATES
@@ -123,12 +123,13 @@ class TrainSettings:
     lock_keys: bool = True
 
     def __post_init__(self) -> None:
+        check_training_words(self.word, self.superclass)
+        for name, knob in RECIPE.items():
+            try:
+                setattr(self, name, knob.check(getattr(self, name), "training"))
+            except PerfusionError as e:
+                raise TrainingError(str(e)) from None
         self.grad_accum = self.grad_accum or math.ceil(16 / self.batch_size)
-        for name in ("steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.flip <= 1 or not 0 <= self.mask_floor <= 1:
-            raise TrainingError("flip and mask_floor are probabilities/weights in [0, 1]")
         self.preview_prompts, self.preview_seeds = tuple(self.preview_prompts), tuple(self.preview_seeds)
         self.templates = tuple(self.templates)
         if not all("{}" in t for t in (*self.templates, *self.preview_prompts)):
@@ -476,7 +477,7 @@ class Trainer:
 
     def _preview(self, handle: PatchHandle) -> None:
         s = self.settings
-        handle.patches = build_patch(self.layers, [ConceptUse(self.concept(), 0.7, 0.15)])
+        handle.patches = build_patch(self.layers, [ConceptUse(self.concept())])
         prompts = [p.format(s.word) for p in s.preview_prompts for _ in s.preview_seeds]
         seeds = [seed for _ in s.preview_prompts for seed in s.preview_seeds]
         with torch.no_grad():

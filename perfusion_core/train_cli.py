@@ -11,9 +11,10 @@ from pathlib import Path
 from .captions import load_captions
 from .errors import TrainingError
 from .images import image_grid, load_image_folder, loss_curve, save_image
+from .knobs import RECIPE
 from .memory import CHECKPOINTING
 from .precision import PRECISIONS
-from .train import SAVE_EVERY, StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
+from .train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 
 EXAMPLE = """example:
   python -m perfusion_core train --model toyworld/model --images my_teddy/ --superclass teddy \\
@@ -35,24 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     need.add_argument("--superclass", required=True, help="one-token word for what the concept is, e.g. teddy")
     need.add_argument("--token", required=True, help="a new word that will stand for the concept, e.g. hugsy")
     need.add_argument("--out", required=True, help="concept file to write, NAME.safetensors")
-    recipe = parser.add_argument_group("recipe (defaults: the paper's)")
-    recipe.add_argument("--steps", type=int, default=400, help="total steps, also when resuming (default 400)")
-    recipe.add_argument("--lr", type=float, default=0.03, help="learning rate of the value targets (0.03)")
-    recipe.add_argument("--lr-embedding", type=float, default=0.006, help="learning rate of the word (0.006)")
-    recipe.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
-    recipe.add_argument("--grad-accum", type=int, default=0, help="micro-batches per step (0: 16 / batch)")
-    recipe.add_argument("--beta", type=float, default=0.75, help="training gate bias (0.75)")
-    recipe.add_argument("--tau", type=float, default=0.10, help="training gate temperature (0.10)")
-    recipe.add_argument("--no-flip", action="store_true", help="no horizontal flips (asymmetric objects)")
-    recipe.add_argument("--mask-floor", type=float, default=0.0, help="loss weight outside the alpha mask (0)")
-    recipe.add_argument("--seed", type=int, default=0)
+    recipe = parser.add_argument_group("recipe (defaults: the paper's; a resumed run keeps its own, but for steps, "
+                                       "--save-every, --preview-every and --gradient-checkpointing)")
+    for name, knob in RECIPE.items():
+        recipe.add_argument(f"--{name.replace('_', '-')}", type=int if knob.integer else float, default=knob.default,
+                           metavar="N" if knob.integer else "X",
+                           help=f"{knob.meaning} Default {knob.default}, from {knob.low} to {knob.high}.")
     recipe.add_argument("--gradient-checkpointing", choices=list(CHECKPOINTING), default="auto",
                         help="recompute UNet activations in the backward pass: less memory, ~30%% more time "
                              "(auto: where the card's free memory needs it)")
     run = parser.add_argument_group("run")
-    run.add_argument("--save-every", type=int, default=SAVE_EVERY,
-                     help=f"checkpoint every N steps ({SAVE_EVERY}; 0: end only)")
-    run.add_argument("--preview-every", type=int, default=0, help="preview images every N steps (0: none)")
     run.add_argument("--preview-prompt", action="append", help="preview prompt with {} for the word (repeatable)")
     run.add_argument("--resume", metavar="FILE", help="continue from a concept or .state.safetensors file")
     run.add_argument("--captions", help="caption file for the text statistics C (default: the shipped corpus)")
@@ -104,10 +97,7 @@ def run(args: argparse.Namespace) -> None:
                                  gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing])
     else:
         settings = TrainSettings(
-            word=args.token, superclass=args.superclass, steps=args.steps, lr_target=args.lr,
-            lr_embedding=args.lr_embedding, batch_size=args.batch_size, grad_accum=args.grad_accum,
-            beta=args.beta, tau=args.tau, flip=0.0 if args.no_flip else 0.5, mask_floor=args.mask_floor,
-            seed=args.seed, save_every=args.save_every, preview_every=args.preview_every,
+            word=args.token, superclass=args.superclass, **{name: getattr(args, name) for name in RECIPE},
             gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing],
             **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
         )

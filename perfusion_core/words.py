@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .errors import TrainingError
 
@@ -13,6 +13,29 @@ def in_vocabulary(tokenizer, word: str) -> bool:
     `word</w>`)."""
     vocabulary = tokenizer.get_vocab()
     return any(w in vocabulary for w in (word, word.lower(), f"{word.lower()}</w>"))
+
+
+PROMPT_SYNTAX = "<>:,()[]{}"  # characters that prompt syntax (weights, tags, wildcards) of some host reads
+
+
+def check_training_words(word: str, superclass: str) -> None:
+    """Refuse a concept word or superclass that is not one plain word (the tokenizers' check follows, per host)."""
+    for label, value, example in (("concept word", word, "hugsy"), ("superclass", superclass, "teddy")):
+        if not value or any(c.isspace() or c in PROMPT_SYNTAX for c in value):
+            raise TrainingError(f"the {label} {value!r} must be one plain word without spaces or any of "
+                                f"{PROMPT_SYNTAX}, e.g. '{example}'")
+
+
+def superclass_token(superclass: str, tokenize: Callable[[str], list[list[int]]]) -> list[int]:
+    """The superclass's one token id per text encoder; `tokenize(text)` gives its ids without special tokens, one
+    list per encoder. `TrainingError` where a tokenizer splits it, suggesting the words of it that are one token."""
+    ids = tokenize(superclass)
+    if any(len(i) != 1 for i in ids):
+        parts = [p for p in superclass.split() if p != superclass and all(len(i) == 1 for i in tokenize(p))]
+        hint = ", ".join(repr(p) for p in parts) if parts else "'dog', 'teddy' or 'sculpture'"
+        raise TrainingError(f"the superclass {superclass!r} is {max(len(i) for i in ids)} tokens for this model's "
+                            f"tokenizer; it must be one token: use a single common noun such as {hint}")
+    return [i[0] for i in ids]
 
 
 def known_word(word: str) -> TrainingError:

@@ -19,7 +19,7 @@ from perfusion_a1111.tags import (
 )
 from perfusion_core import PerfusionError, save_concept
 from perfusion_core.files import read_safetensors, save_tensors
-from perfusion_core.regions import WEIGHT
+from perfusion_core.knobs import GATE
 
 from .conftest import random_concept
 
@@ -38,7 +38,12 @@ def test_tag_arguments_as_a1111_splits_them():
     (["hugsy", "high"], {}, "beta must be a number"),
     (["hugsy", "0.7", "0.1", "0.2"], {}, "too many values"),
     (["hugsy"], {"gate": "1"}, "unknown setting gate"),
-    (["hugsy"], {"tau": "0"}, "tau must be positive"),
+    (["hugsy"], {"tau": "0"}, r"tau must be a number from 0.01 to 1.0, got 0.0"),
+    (["hugsy", "inf"], {}, r"<perfusion:hugsy:...>: beta must be a number from 0.0 to 1.0, got inf"),
+    (["hugsy", "nan"], {}, r"beta must be a number from 0.0 to 1.0, got nan"),
+    (["hugsy", "0.7", "-inf"], {}, r"tau must be a number .*, got -inf"),
+    (["hugsy"], {"strength": "nan"}, r"strength must be a number from 0.0 to 2.0, got nan"),
+    (["hugsy"], {"region": "left", "region_weight": "-1"}, r"region_weight must be a number from 0.0 to 5.0, got -1"),
     (["hugsy"], {"lock": "tight"}, "lock must be one of"),
     (["hugsy"], {"region": ""}, "region '' is empty"),
     (["hugsy"], {"region": "left", "region_weight": "strong"}, "region_weight must be a number"),
@@ -53,7 +58,7 @@ def test_infotext_round_trips_every_setting():
                 ConceptRequest("rex", region="left"), ConceptRequest("cat", region="my-mask", region_weight=1.5)]
     text = format_infotext(requests)
     assert text == ("hugsy:0.70:0.15, sub/teddy:0.55:0.20:strength=0.80:lock=global, "
-                    f"rex:0.70:0.15:region=left:region_weight={WEIGHT:.2f}, "
+                    f"rex:0.70:0.15:region=left:region_weight={GATE['region_weight'].default:.2f}, "
                     "cat:0.70:0.15:region=my-mask:region_weight=1.50")
     assert parse_infotext(text) == requests
     assert ConceptRequest("hugsy", 0.7).tag == "<perfusion:hugsy:0.70:0.15>"

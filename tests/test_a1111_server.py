@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from perfusion_a1111.tags import ConceptRequest, parse_infotext
 from perfusion_core import load_concept
 from perfusion_core.concept import family_for_width
-from perfusion_core.regions import WEIGHT
+from perfusion_core.knobs import GATE
 
 pytestmark = pytest.mark.a1111
 
@@ -207,7 +207,7 @@ def test_regions_paint_each_concept_and_leave_no_trace(server, baseline):
     prompt = "hugsy and teddo"
     plain = server.generate(f"<perfusion:hugsy:0.7> <perfusion:teddo:0.7> {prompt}")["images"][0]
     painted = server.generate(f"<perfusion:hugsy:0.7:region=left> <perfusion:teddo:0.7:region=right> {prompt}")
-    weight = f"region_weight={WEIGHT:.2f}"
+    weight = f"region_weight={GATE['region_weight'].default:.2f}"
     assert f'Perfusion: "hugsy:0.70:0.15:region=left:{weight}, teddo:0.70:0.15:region=right:{weight}"' in \
         painted["infotext"]
     mask = Image.new("L", (64, 64), 0)

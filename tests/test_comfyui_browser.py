@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.comfy.server import PACK_NAME, cache_dir, comfyui_trees, running_server
-from perfusion_core.regions import WEIGHT
+from perfusion_core.knobs import GATE
 
 WAIT_MS = 300_000  # a 2-core machine shared with other jobs: the first page load can be slow
 
@@ -245,7 +245,7 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
         assert [w["name"] for w in node["widgets"]] == expected, (node_type, node["widgets"])
     values = {t: {w["name"]: w["value"] for w in n["widgets"]} for t, n in nodes.items()}
     assert values[LOADER]["concept_name"] == "hugsy.safetensors"
-    assert values[APPLY] == {"beta": 0.7, "tau": 0.15, "strength": 1, "lock": "local", "region_weight": WEIGHT}
+    assert values[APPLY] == {"lock": "local"} | {name: knob.default for name, knob in GATE.items()}
     assert values[TRAIN]["word"] == "hugsy" and values[TRAIN]["steps"] == 400 and values[TRAIN]["beta"] == 0.75
     for node_type, (name, kind) in DOM_WIDGETS.items():
         assert any(w["name"] == name and w["type"] == kind for w in nodes[node_type]["widgets"]), nodes[node_type]

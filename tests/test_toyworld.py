@@ -85,6 +85,31 @@ def test_stage_4_names_places_first_in_half_of_the_captions_and_keeps_earlier_st
     assert world.caption(scenes[0], place_first=True).startswith(world.PLACES[scenes[0].objects[0].position] + " a ")
 
 
+def test_pseudo_words_name_fixed_looks_first_or_second_and_keep_the_other_draws():
+    lexicon = world.pseudo_lexicon()
+    assert len(lexicon) == world.PSEUDO_WORDS == len({(o.shape, o.colour, o.pattern, o.colour2)
+                                                      for o in lexicon.values()})
+    assert not {o.look for o in lexicon.values()} & world.HELD_OUT_LOOKS
+    assert set(lexicon) <= set(world.vocabulary())
+    _, captions, scenes = world.batch(0, 0, 600, stage=3, colourless=0.25, pseudo=0.35)
+    _, _, plain = world.batch(0, 0, 600, stage=3, colourless=0.25)
+    named = {"first": 0, "second": 0, "both": 0}
+    for caption, scene, before in zip(captions, scenes, plain, strict=True):
+        assert scene.background == before.background
+        assert [o.position for o in scene.objects] == [o.position for o in before.objects]
+        words = [w for w in caption.split() if w in lexicon]
+        shown = [o for o in scene.objects if o.look in {lexicon[w].look for w in words}]
+        assert len(shown) >= len(words)
+        phrases = caption.split(" and ")
+        for k, phrase in enumerate(phrases[: len(scene.objects)]):
+            word = next((w for w in phrase.split() if w in lexicon), None)
+            if word is not None:
+                assert scene.objects[k].look == lexicon[word].look
+                named["second" if k else "first"] += 1
+        named["both"] += len(words) == 2
+    assert min(named.values()) > 10
+
+
 def test_textures_show_both_colours_and_stripes_and_checks_stay_on_the_pixel_grid():
     for pattern in world.PATTERNS[1:]:
         img = world.render(world.Scene((world.Obj("square", "red", "centre", pattern=pattern, colour2="blue"),),

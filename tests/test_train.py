@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 
 import numpy as np
 import pytest
@@ -145,12 +146,50 @@ def test_bad_words_and_data(sd1_folder, tmp_path):
         _settings(steps=0)
 
 
-def test_one_image_and_masks_train(sd1_folder, tmp_path):
+@pytest.mark.parametrize(("knob", "value", "message"), [
+    ("batch_size", 0, "training: batch_size must be an integer from 1 to 64, got 0"),
+    ("beta", float("nan"), "training: beta must be a number from 0.0 to 1.0, got nan"),
+    ("tau", float("inf"), "training: tau must be a number from 0.01 to 1.0, got inf"),
+    ("lr_target", -0.1, "training: lr_target must be a number"),
+    ("steps", 2.5, "training: steps must be an integer from 1 to 100000, got 2.5"),
+    ("mask_floor", "0.1", "training: mask_floor must be a number from 0.0 to 1.0, got '0.1'"),
+    ("word", "hug sy", "the concept word 'hug sy' must be one plain word"),
+    ("superclass", "<teddy>", "the superclass '<teddy>' must be one plain word"),
+])
+def test_recipe_values_are_refused_by_name(knob, value, message):
+    with pytest.raises(TrainingError, match=re.escape(message)):
+        _settings(**{knob: value})
+
+
+@pytest.mark.parametrize(("flip", "floor"), [(0.0, 0.0), (1.0, 0.0), (0.0, 0.25)])
+def test_masks_weight_the_loss_where_they_say(sd1_folder, tmp_path, flip, floor):
+    """The loss's gradient on the prediction is zero outside a zero-floor mask (flipped with the image), the floor's
+    share of the inside's elsewhere, and the run trains on one masked image."""
     masks = torch.zeros(1, 16, 16)
-    masks[:, 4:12, 4:12] = 0.5
-    result = Trainer(_host(sd1_folder, tmp_path), TrainingData(random_images(1), masks),
-                     _settings(steps=2, mask_floor=0.1), tmp_path / "one.safetensors").run()
-    assert all(torch.isfinite(torch.tensor(result.losses)))
+    masks[:, 2:14, 0:8] = 0.5  # the left half, 2 rows short of top and bottom: 8x8 latents see rows 1-6, columns 0-3
+    host = _host(sd1_folder, tmp_path)
+    grads = []
+    predict = host.predict
+
+    def spied(noisy, t, cond):
+        prediction = predict(noisy, t, cond)
+        prediction.register_hook(lambda g: grads.append(g.detach().abs().sum((0, 1))))
+        return prediction
+
+    host.predict = spied
+    result = Trainer(host, TrainingData(random_images(1), masks), _settings(steps=2, mask_floor=floor, flip=flip),
+                     tmp_path / "one.safetensors").run()
+    assert all(torch.isfinite(torch.tensor(result.losses))) and len(grads) == 2
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[1:7, 0:4] = True
+    inside = inside.flip(-1) if flip else inside
+    for g in grads:
+        assert (g[inside] > 0).all()
+        if floor == 0:
+            assert (g[~inside] == 0).all()
+        else:  # outside, the weight is the floor against 1 inside (masks are scaled to a maximum of 1)
+            assert (g[~inside] > 0).all()
+            assert 0.1 < (g[~inside].mean() / g[inside].mean()).item() < 0.5
 
 
 @pytest.mark.parametrize(("family", "prediction"), [("sd2", "v_prediction"), ("sdxl", "epsilon")])

@@ -39,7 +39,7 @@ from toyworld.sample import generate
 RUN_KEYS = (
     "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
-    "text_attention_scale", "colourless", "init_from",
+    "text_attention_scale", "colourless", "init_from", "pseudo",
 )
 FEW_POSITIONS = ("left", "right")
 
@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--colourless", type=float, default=0.0,
                     help="probability of leaving an object's colour out of its caption (a bare shape word)")
+    ap.add_argument("--pseudo", type=float, default=0.0,
+                    help="probability of naming an object by a pseudo-word bound to its look (stage 3 on)")
     ap.add_argument("--t-power", type=float, default=0.5, help="t = 999 u^p; p < 1 favours high noise")
     ap.add_argument("--t-uniform", type=float, default=0.3, help="fraction of timesteps drawn uniformly instead")
     ap.add_argument("--snr-weight", choices=("minsnr", "minsnr1", "none"), default="minsnr1",
@@ -172,7 +174,8 @@ class Run:
         """Arguments of `world.batch` for `step`."""
         cfg = self.cfg
         positions = FEW_POSITIONS if step < cfg["few_positions_until"] else None
-        return cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions, cfg.get("colourless", 0.0)
+        return (cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions, cfg.get("colourless", 0.0), True,
+                cfg.get("pseudo", 0.0))
 
     def train_step(self) -> float:
         cfg, m = self.cfg, self.model
@@ -255,10 +258,36 @@ def eval_scenes(n: int, stage: int) -> list[world.Scene]:
     return scenes
 
 
-def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, bare: bool = False
-             ) -> dict[str, float]:
+def pseudo_eval(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int) -> dict[str, float]:
+    """Probe accuracy of samples for fixed prompts that name objects by pseudo-words: `pseudo_all` for n one-object
+    prompts, `pseudo_second` for n/2 pairs with the pseudo-word named second, `pseudo_both` for n/2 with two."""
+    lexicon = world.pseudo_lexicon()
+    names = sorted(lexicon)
+    rng = world.scene_rng(12345, 5)
+    out = {}
+    for key, count, named in (("pseudo_all", n, (True,)), ("pseudo_second", n // 2, (False, True)),
+                              ("pseudo_both", n // 2, (True, True))):
+        scenes, captions = [], []
+        while len(scenes) < count:
+            s = world.random_scene(rng, 3)
+            if len(s.objects) != len(named):
+                continue
+            words = tuple(names[rng.integers(len(names))] if p else None for p in named)
+            objects = tuple(o if w is None else world.Obj(lexicon[w].shape, lexicon[w].colour, o.position, o.dx, o.dy,
+                                                          lexicon[w].pattern, lexicon[w].colour2)
+                            for o, w in zip(s.objects, words, strict=True))
+            scenes.append(world.Scene(objects, s.background))
+            captions.append(world.caption(scenes[-1], words))
+        acc = toyprobe.score(probe, generate(m, captions, list(range(count))).cpu(), scenes)
+        out[key] = acc["all" if len(named) == 1 else "pair"]
+    return out
+
+
+def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, bare: bool = False,
+             pseudo: bool = False) -> dict[str, float]:
     """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts; with `bare`,
-    also of the one-object prompts with the colour left out (`bare_*`: shape, position, background, all three)."""
+    also of the one-object prompts with the colour left out (`bare_*`: shape, position, background, all three);
+    with `pseudo`, of prompts naming objects by pseudo-words (`pseudo_eval`)."""
     scenes = eval_scenes(n, stage)
     # from stage 4 on, every other prompt names the places first
     captions = [world.caption(s, place_first=stage >= 4 and i % 2 == 1) for i, s in enumerate(scenes)]
@@ -272,6 +301,8 @@ def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, ba
                          for r, s in zip(toyprobe.read(probe, images.cpu()), single, strict=True)])
         acc |= {f"bare_{k}": float(v) for k, v in zip(keys, hits.mean(0), strict=True)}
         acc["bare_all"] = float(hits.all(1).mean())
+    if pseudo:
+        acc |= pseudo_eval(m, probe, n)
     return acc
 
 
@@ -349,10 +380,12 @@ def main(argv: list[str] | None = None) -> None:
             losses = []
         if probe is not None and run.step % args.eval_every == 0:
             ema = run.ema_model()
-            acc = evaluate(ema, probe, args.eval_prompts, run.cfg["stage"], bare=run.cfg.get("colourless", 0) > 0)
+            acc = evaluate(ema, probe, args.eval_prompts, run.cfg["stage"], bare=run.cfg.get("colourless", 0) > 0,
+                           pseudo=run.cfg.get("pseudo", 0) > 0)
             log({"step": run.step, "eval": acc, "train_seconds": round(run.train_seconds, 1)})
             print(f"step {run.step}: {acc}", flush=True)
-            score = acc["all"] + acc.get("pair", 0.0) + acc.get("bare_all", 0.0)
+            score = acc["all"] + acc.get("pair", 0.0) + acc.get("bare_all", 0.0) + sum(
+                acc.get(k, 0.0) for k in ("pseudo_all", "pseudo_second", "pseudo_both"))
             if score > run.best:
                 run.best = score
                 tmp = out / "best.tmp"

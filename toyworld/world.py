@@ -7,6 +7,9 @@ Stage 3: stage 2 where half of the objects carry a two-colour texture named in t
 ("a red heart with yellow checks on the left ..."): stripes, checks or dots.
 Stage 4: stage 3 where half of the captions name each object's place first
 ("on the left a red heart and on the right a green circle on a black background").
+Pseudo-words (an option of any stage from 3): an object is named, with a given probability, by one of
+`PSEUDO_WORDS` rare words, each bound to one fixed look ("a zu017 on the left and a zu203 on the right ..."),
+so that a new word, first or second in a prompt, is one more rare name to the model, as on Stable Diffusion.
 
 Reserved for held-out concepts (never drawn by `random_scene`, at any stage): inner rings, and the exact
 looks of `CONCEPTS` (shape, texture and its two colours, in either order), so that a concept stays novel
@@ -19,7 +22,8 @@ Images are rendered 4x supersampled and box-filtered down, float32 HxWx3 in [0, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -54,6 +58,7 @@ SUPERSAMPLE = 4
 PATTERNS = ("plain", "stripes", "checks", "dots")
 TEXTURED = 0.5  # share of stage-3 objects with a texture
 PLACE_FIRST = 0.5  # share of stage-4 captions that name each object's place before it
+PSEUDO_WORDS = 256
 CELLS = 8  # texture cells across the image (two pixels each at 16 x 16), anchored to the pixel grid
 
 
@@ -131,7 +136,19 @@ def vocabulary() -> list[str]:
     """Every word any caption can contain, sorted."""
     words = {"a", "and", "background", "with"} | {w for p in PLACES.values() for w in p.split()}
     words |= set(SHAPES) | set(COLOURS) | set(BACKGROUNDS) | set(POSITIONS) | set(PATTERNS[1:])
-    return sorted(words)
+    return sorted(words | set(pseudo_lexicon()))
+
+
+@cache
+def pseudo_lexicon() -> dict[str, Obj]:
+    """`PSEUDO_WORDS` rare words ("zu000" ...), each bound to a distinct appearance of the world (at the centre), drawn
+    once from a fixed seed among every plain and textured look but the held-out concepts'."""
+    looks = [Obj(s, c, "centre") for s in SHAPES for c in COLOURS]
+    looks += [Obj(s, c, "centre", pattern=p, colour2=c2) for s in SHAPES for c in COLOURS for p in PATTERNS[1:]
+              for c2 in COLOURS if c2 != c]
+    looks = [o for o in looks if o.look not in HELD_OUT_LOOKS]
+    order = np.random.default_rng(20261207).permutation(len(looks))[:PSEUDO_WORDS]
+    return {f"zu{i:03d}": looks[k] for i, k in enumerate(sorted(order))}
 
 
 def _jitter(rng: np.random.Generator) -> tuple[float, float]:
@@ -255,25 +272,47 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 def batch(
     seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None,
-    colourless: float = 0.0, held_out: bool = True,
+    colourless: float = 0.0, held_out: bool = True, pseudo: float = 0.0,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes.
 
     With `colourless` > 0, each object's colour is left out of the caption with that probability ("a heart on
     the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does; a
     textured object's texture goes with its colours. From stage 4 on, half of the captions name places first.
+    With `pseudo` > 0, each object takes, with that probability, the look of a random pseudo-word, which names it
+    (drawn from a stream of their own, so that the scenes' other draws stay those of runs without the option).
     `held_out` as in `random_scene`.
     """
     rng = scene_rng(seed, index)
     scenes = [random_scene(rng, stage, positions or tuple(POSITIONS), held_out) for _ in range(size)]
+    named = [(None,) * len(s.objects) for s in scenes]
+    if pseudo:
+        scenes, named = zip(*(_pseudo_named(s, np.random.default_rng([seed, index, i, 5]), pseudo)
+                              for i, s in enumerate(scenes)), strict=True)
     images = np.stack([render(s, res) for s in scenes]).transpose(0, 3, 1, 2) * 2 - 1
-    if not colourless and stage < 4:  # no further draws: the stream stays that of runs before these options
-        return images.astype(np.float32), [caption(s) for s in scenes], scenes
-    words = [tuple(o.shape if rng.random() < colourless else None for o in s.objects) for s in scenes]
+    if not colourless and stage < 4 and not pseudo:  # no further draws: the stream of runs before these options
+        return images.astype(np.float32), [caption(s) for s in scenes], list(scenes)
+    words = [tuple(n or (o.shape if rng.random() < colourless else None) for o, n in zip(s.objects, ns, strict=True))
+             for s, ns in zip(scenes, named, strict=True)]
     # drawn after the words, so that the streams of earlier stages stay as they were
     place_first = [stage >= 4 and rng.random() < PLACE_FIRST for _ in scenes]
     captions = [caption(s, w, p) for s, w, p in zip(scenes, words, place_first, strict=True)]
-    return images.astype(np.float32), captions, scenes
+    return images.astype(np.float32), captions, list(scenes)
+
+
+def _pseudo_named(scene: Scene, rng: np.random.Generator, p: float) -> tuple[Scene, tuple[str | None, ...]]:
+    """`scene` with each object, with probability `p`, given a random pseudo-word's look; and the words."""
+    lexicon = pseudo_lexicon()
+    names = list(lexicon)
+    objects, words = [], []
+    for o in scene.objects:
+        word = names[rng.integers(len(names))] if rng.random() < p else None
+        if word is not None:
+            look = lexicon[word]
+            o = replace(o, shape=look.shape, colour=look.colour, pattern=look.pattern, colour2=look.colour2)
+        objects.append(o)
+        words.append(word)
+    return Scene(tuple(objects), scene.background), tuple(words)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from perfusion_core import Concept, save_concept
-from perfusion_core.regions import WEIGHT
+from perfusion_core.knobs import GATE
 
 from .server import ComfyServer
 
@@ -85,7 +85,7 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
             g[f"apply{k}"] = {"class_type": "PerfusionApply", "inputs": {
                 "model": model, "clip": clip, "concept": [f"load{k}", 0], "beta": c.get("beta", 0.7),
                 "tau": c.get("tau", 0.15), "strength": c.get("strength", 1.0), "lock": c.get("lock", "local"),
-                "region_weight": c.get("region_weight", WEIGHT)}}
+                "region_weight": c.get("region_weight", GATE["region_weight"].default)}}
             if "region" in c:
                 g[f"apply{k}"]["inputs"]["region"] = add_half_mask(f"region{k}", c["region"])
             model, clip = [f"apply{k}", 0], [f"apply{k}", 1]
