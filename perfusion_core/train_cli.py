@@ -85,23 +85,22 @@ def run(args: argparse.Namespace) -> None:
     if args.resume and state_path_for(args.resume).resolve() != state_path_for(args.out).resolve():
         raise TrainingError(f"a resumed run goes on writing where it started: give --out {args.resume} (not "
                             f"{args.out}), or copy the concept and its state file to the new name and resume that")
+    checkpointing = CHECKPOINTING[args.gradient_checkpointing]
+    settings = None if args.resume else TrainSettings(  # checked before the model loads
+        word=args.token, superclass=args.superclass, **{name: getattr(args, name) for name in RECIPE},
+        gradient_checkpointing=checkpointing,
+        **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
+    )
     captions = load_captions(args.captions)
     host = DiffusersHost(args.model, device=args.device, captions=captions[: args.caption_count or None],
                          precision=args.precision)
     images, masks = load_image_folder(args.images, host.resolution)
     data = TrainingData(images, masks)
-    out = Path(args.out)
-    if args.resume:
+    if settings is None:
         trainer = Trainer.resume(host, data, args.resume, steps=args.steps, save_every=args.save_every,
-                                 preview_every=args.preview_every,
-                                 gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing])
+                                 preview_every=args.preview_every, gradient_checkpointing=checkpointing)
     else:
-        settings = TrainSettings(
-            word=args.token, superclass=args.superclass, **{name: getattr(args, name) for name in RECIPE},
-            gradient_checkpointing=CHECKPOINTING[args.gradient_checkpointing],
-            **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
-        )
-        trainer = Trainer(host, data, settings, out)
+        trainer = Trainer(host, data, settings, Path(args.out))
     stem = trainer.concept_path.with_suffix("")
 
     def save_preview(step: int, previews) -> None:

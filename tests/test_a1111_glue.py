@@ -33,6 +33,15 @@ def test_tag_arguments_as_a1111_splits_them():
     assert parse_items(["hugsy", "0.65", "tau=0.2"]) == ConceptRequest("hugsy", 0.65, 0.2)
 
 
+def test_every_gate_knob_is_a_tag_setting_with_the_table_default():
+    request = parse_request(["hugsy"], {})
+    for name, knob in GATE.items():
+        assert getattr(request, name) == knob.default
+        assert parse_request(["hugsy"], {name: str(knob.high)}) == ConceptRequest("hugsy", **{name: knob.high})
+        with pytest.raises(PerfusionError, match=f"{name} must be a number from {knob.low} to {knob.high}"):
+            parse_request(["hugsy"], {name: str(knob.high * 2 + 1)})
+
+
 @pytest.mark.parametrize(("positional", "named", "message"), [
     ([], {}, "needs a concept name"),
     (["hugsy", "high"], {}, "beta must be a number"),

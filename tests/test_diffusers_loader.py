@@ -1,6 +1,7 @@
 """Concepts in diffusers pipelines: small random SD1 and SDXL pipelines with CLIP tokenizers (CPU)."""
 
 import dataclasses
+import inspect
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from perfusion_core import (
     unload_perfusion,
 )
 from perfusion_core.diffusers_host import DiffusersHost
+from perfusion_core.knobs import GATE
 from perfusion_core.train import Trainer, TrainingData, TrainSettings
 from perfusion_core.words import mentions, to_superclass
 
@@ -177,6 +179,32 @@ def test_a_concept_that_does_not_fit_is_refused_and_changes_nothing(sd1_file, sd
     with pytest.raises(PerfusionError, match="'teddy' is already a word of this pipeline's tokenizer"):
         load_perfusion(sd1, dataclasses.replace(load_concept(sd1_file), word="teddy"))
     _assert_restored(sd1, before)
+
+
+@pytest.mark.parametrize(("knob", "value"), [("beta", float("nan")), ("tau", float("inf")), ("strength", -1.0),
+                                              ("region_weight", float("nan"))])
+def test_bad_gate_values_are_refused_and_change_nothing(sd1_file, knob, value):
+    pipe = tiny_pipeline("sd1")
+    baseline, before = _render(pipe), _state(pipe)
+    with pytest.raises(PerfusionError, match=rf"concept 'hugsy': {knob} must be a number from .* got {value}"):
+        load_perfusion(pipe, sd1_file, **{knob: value})
+    _assert_restored(pipe, before)
+    assert torch.equal(_render(pipe), baseline)
+    load_perfusion(pipe, sd1_file)
+    patched = _render(pipe)
+    with pytest.raises(PerfusionError, match=rf"{knob} must be a number from .* got {value}"):
+        set_perfusion(pipe, "hugsy", **{knob: value})
+    assert torch.equal(_render(pipe), patched)  # the concept keeps its settings
+    unload_perfusion(pipe)
+    assert torch.equal(_render(pipe), baseline)
+
+
+def test_every_gate_knob_is_a_keyword_of_the_loader_and_the_setter():
+    """The table's knobs with their defaults are `load_perfusion`'s keywords (and `set_perfusion`'s)."""
+    loader = inspect.signature(load_perfusion).parameters
+    setter = inspect.signature(set_perfusion).parameters
+    for name, knob in GATE.items():
+        assert loader[name].default == knob.default and name in setter
 
 
 def test_a_concept_of_an_earlier_layer_needs_clip_skip(sdxl_file):

@@ -1,5 +1,7 @@
 """Patching real diffusers UNets (SD1.5-, SD2- and SDXL-shaped, small random weights)."""
 
+import re
+
 import pytest
 import torch
 
@@ -160,11 +162,50 @@ def test_layer_mismatch_and_text_encoder_layer_are_refused(sd1_unet, sd1_layers)
         check_text_encoder_layer(random_concept(sd1_layers), "penultimate")
 
 
-def test_same_word_twice_replaces(sd1_unet, sd1_layers):
+def test_same_word_twice_replaces_with_a_warning(sd1_unet, sd1_layers, caplog):
     first, again = random_concept(sd1_layers, seed=1), random_concept(sd1_layers, seed=2)
     with patch_unet(sd1_unet, [(first, 0.7, 0.15), (again, 0.6, 0.2)]) as handle:
         projector = next(iter(handle.patches.values())).value.projector
         assert len(projector) == 1 and projector.settings[0].beta == 0.6
+    assert "applied twice, with different settings: the later ones (β 0.6, τ 0.2" in caplog.text
+    caplog.clear()
+    with patch_unet(sd1_unet, [(first, 0.7, 0.15), (first, 0.7, 0.15)]):
+        pass
+    assert "twice" not in caplog.text
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_the_joint_patch_does_not_depend_on_the_order_of_concepts(sd1_unet, sd1_layers, count):
+    concepts = [random_concept(sd1_layers, word, seed=k) for k, word in enumerate(["ccc", "aaa", "bbb"][:count])]
+    uses = [ConceptUse(c, 0.55 + 0.1 * k, 0.1 + 0.05 * k, strength=1 - 0.2 * k) for k, c in enumerate(concepts)]
+    inputs = unet_inputs(sd1_unet)
+    for k, c in enumerate(concepts):
+        inputs["encoder_hidden_states"][:, 2 + k] = c.i_star
+    outputs = []
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0])[: 2 if count == 2 else 3]:
+        with patch_unet(sd1_unet, [uses[k] for k in order if k < count]):
+            outputs.append(_run(sd1_unet, inputs))
+    assert all(torch.equal(outputs[0], o) for o in outputs[1:])
+
+
+@pytest.mark.parametrize(("knob", "value", "message"), [
+    ("beta", float("nan"), "concept 'hugsy': beta must be a number from 0.0 to 1.0, got nan"),
+    ("beta", 1.5, "concept 'hugsy': beta must be a number from 0.0 to 1.0, got 1.5"),
+    ("tau", 0.0, "concept 'hugsy': tau must be a number from 0.01 to 1.0, got 0.0"),
+    ("tau", float("inf"), "tau must be a number from 0.01 to 1.0, got inf"),
+    ("strength", float("-inf"), "strength must be a number from 0.0 to 2.0, got -inf"),
+    ("region_weight", float("nan"), "region_weight must be a number from 0.0 to 5.0, got nan"),
+    ("beta", "0.7", "beta must be a number from 0.0 to 1.0, got '0.7'"),
+])
+def test_bad_gate_values_are_refused_before_anything_is_patched(sd1_unet, sd1_layers, knob, value, message):
+    concept = random_concept(sd1_layers)
+    inputs = unet_inputs(sd1_unet)
+    before = _run(sd1_unet, inputs)
+    with pytest.raises(PerfusionError, match=re.escape(message)):
+        patch_unet(sd1_unet, [ConceptUse(concept, **{knob: value})])
+    assert _hook_count(sd1_unet) == 0 and torch.equal(_run(sd1_unet, inputs), before)
+    with pytest.raises(PerfusionError, match="expected a Perfusion concept, got str"):
+        ConceptUse("hugsy")
 
 
 def test_training_gradients_reach_targets_and_context(sd1_unet, sd1_layers):

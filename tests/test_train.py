@@ -334,3 +334,26 @@ def test_command_line_refuses_to_resume_into_another_file(tmp_path, capsys):
             "--token", "hugsy", "--resume", str(tmp_path / "a.safetensors"), "--out", str(tmp_path / "b.safetensors")]
     assert main(argv) == 2
     assert "give --out" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--beta", "nan"], "training: beta must be a number from 0.0 to 1.0, got nan"),
+    (["--batch-size", "0"], "training: batch_size must be an integer from 1 to 64, got 0"),
+    (["--lr-target", "inf"], "training: lr_target must be a number from 1e-06 to 1.0, got inf"),
+])
+def test_command_line_refuses_recipe_values_by_name_before_loading(tmp_path, capsys, flags, message):
+    from perfusion_core.cli import main
+
+    argv = ["train", "--model", str(tmp_path / "none"), "--images", str(tmp_path), "--superclass", "teddy",
+            "--token", "hugsy", "--out", str(tmp_path / "a.safetensors"), *flags]
+    assert main(argv) == 2
+    assert f"error: {message}" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_every_recipe_knob_is_a_command_line_flag_with_the_table_default():
+    from perfusion_core.cli import build_parser
+    from perfusion_core.knobs import RECIPE
+
+    args = build_parser().parse_args(["train", "--model", "m", "--images", "i", "--superclass", "teddy", "--token",
+                                      "hugsy", "--out", "o"])
+    assert {name: getattr(args, name) for name in RECIPE} == {name: knob.default for name, knob in RECIPE.items()}
