@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import pytest
 import torch
 
-from harness.comfy.graphs import fresh, render
+from harness.comfy.graphs import fresh, render, sample_graph, sweep_graph
 from harness.comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_trees, running_server
+from perfusion_core.knobs import GATE, RECIPE
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -43,8 +45,16 @@ def test_pack_loads_with_its_nodes(server):
     for node in ("PerfusionLoadConcept", "PerfusionApply", "PerfusionGateSweep"):
         assert node in info, f"{node} missing; server log:\n{server.log.read_text()[-3000:]}"
     apply = info["PerfusionApply"]["input"]["required"]
-    assert apply["beta"][1]["default"] == 0.7 and apply["tau"][1]["default"] == 0.15
     assert all(spec[1].get("tooltip") for spec in apply.values())
+    # the gate and recipe widgets are the core's tables: defaults, ranges and meanings
+    sweep = info["PerfusionGateSweep"]["input"]["required"]
+    train = info["PerfusionTrain"]["input"]["required"]
+    for inputs, table, left_out in ((apply, GATE, ()), (sweep, GATE, ("beta", "region_weight")),
+                                    (train, RECIPE, ("grad_accum", "flip", "mask_floor", "preview_every"))):
+        for name, knob in table.items():
+            if name not in left_out:
+                spec = inputs[name][1]
+                assert (spec["default"], spec["min"], spec["max"]) == (knob.default, knob.low, knob.high), name
     assert "hugsy.safetensors" in info["PerfusionLoadConcept"]["input"]["required"]["concept_name"][1]["options"]
     log = server.log.read_text()
     assert "custom_nodes/perfusion" in log and "(IMPORT FAILED)" not in log
@@ -143,6 +153,63 @@ def merged_reference(server: ComfyServer) -> str:
         server.free()
         _merged[id(server)] = render(server, concepts=(HUGSY,), checkpoint="merged.safetensors")
     return _merged[id(server)]
+
+
+def test_the_order_of_chained_concepts_changes_no_bit(server):
+    from harness.comfy.graphs import test_concept, write_concept
+
+    write_concept(server.perfusion_dir, "zugsy", test_concept(cache_dir() / "models" / "tiny-sd15.layers.json",
+                                                              "zugsy", 3))
+    zugsy = {"name": "zugsy.safetensors", "beta": 0.6, "tau": 0.2}
+    prompt = "a photo of hugsy, wugsy and zugsy"
+    two = render(server, prompt=prompt, concepts=(HUGSY, {**WUGSY, "beta": 0.65}))
+    assert render(server, prompt=prompt, concepts=({**WUGSY, "beta": 0.65}, HUGSY)) == two
+    three = {render(server, prompt=prompt, concepts=order) for order in (
+        (HUGSY, WUGSY, zugsy), (zugsy, WUGSY, HUGSY), (WUGSY, zugsy, HUGSY))}
+    assert len(three) == 1 and three != {two}
+
+
+def _apply_graph(**inputs) -> dict:
+    graph = sample_graph(concepts=(HUGSY,))
+    graph["apply0"]["inputs"].update(inputs)
+    return graph
+
+
+def _train_graph(server, **inputs) -> dict:
+    from harness.comfy.graphs import train_graph, write_training_images
+
+    graph = train_graph(write_training_images(server.base / "input"), "refused", steps=1, preview_every=1)
+    graph["train"]["inputs"].update(inputs)
+    return graph
+
+
+@pytest.mark.parametrize(("graph", "message"), [
+    (lambda s: _apply_graph(beta=float("nan")), "concept 'hugsy': beta must be a number from 0.0 to 1.0, got nan"),
+    (lambda s: _apply_graph(tau=float("nan")), "concept 'hugsy': tau must be a number from 0.01 to 1.0, got nan"),
+    (lambda s: _apply_graph(region_weight=float("nan")), "region_weight must be a number from 0.0 to 5.0, got nan"),
+    (lambda s: _apply_graph(strength=float("inf")), "Value inf bigger than max of 2.0"),  # ComfyUI's own check
+    (lambda s: _apply_graph(concept="hugsy"), "expected a Perfusion concept, got str"),
+    (lambda s: _apply_graph(model="model"), "input 'model' must be a MODEL, got str"),
+    (lambda s: _train_graph(s, batch_size=0), "Value 0 smaller than min of 1"),
+    (lambda s: _train_graph(s, beta=float("nan")), "training: beta must be a number from 0.0 to 1.0, got nan"),
+    (lambda s: _train_graph(s, images="photo.png"), "input 'images' must be an IMAGE, got str"),
+    (lambda s: _train_graph(s, superclass="polar bear"), "the superclass 'polar bear' must be one plain word"),
+    (lambda s: _train_graph(s, name="../x"), "name '../x' must be a plain file name"),
+    (lambda s: sweep_graph("0.5, nan", "sweep"), "betas: beta must be a number from 0.0 to 1.0, got nan"),
+], ids=["beta-nan", "tau-nan", "region-weight-nan", "strength-inf", "concept-str", "model-str", "batch-size-0",
+        "train-beta-nan", "images-str", "superclass-words", "name-folder", "betas-nan"])
+def test_bad_input_is_refused_by_name_once_and_the_server_keeps_working(server, graph, message):
+    plain = render(server)
+    with pytest.raises(ComfyError) as error:
+        server.run(graph(server))
+    text = str(error.value)
+    refused = [e for node in error.value.details.get("node_errors", {}).values() for e in node["errors"]]
+    if refused:  # by ComfyUI's validation, before running: one error, for the input at fault
+        assert len(refused) == 1 and message in json.dumps(refused[0]), text[:3000]
+    else:  # by the node, when it runs
+        assert text.count(message) == 1, text[:3000]
+    assert "Traceback" not in text and "ZeroDivisionError" not in text and "AttributeError" not in text
+    assert render(server) == plain
 
 
 def test_chained_concepts_form_one_joint_patch(server):
