@@ -6,9 +6,9 @@ import comfy.model_patcher
 import comfy.sd
 from comfy_api.v0_0_2 import io
 
-from ..perfusion_core import Concept, ConceptUse, IncompatibleConceptError, PerfusionError
+from ..perfusion_core import Concept, ConceptUse, PerfusionError
 from ..perfusion_core.knobs import GATE
-from ..perfusion_core.layers import check_text_encoder_layer
+from ..perfusion_core.layers import check_embedding_widths, check_text_encoder_layer
 from ..perfusion_core.patch import LOCKS
 from .concepts import ConceptType
 from .inputs import number_input, require
@@ -27,13 +27,7 @@ def gate_inputs(*left_out: str) -> list:
 
 def check_clip(clip, concept: Concept) -> None:
     """Refuse a concept whose word embeddings or text-encoder layer do not fit `clip`."""
-    widths = [tokenizer.embedding_size for _, tokenizer, _ in encoders(clip)]
-    if [e.shape[-1] for e in concept.embeddings] != widths:
-        raise IncompatibleConceptError(
-            f"concept '{concept.name}' ({concept.family}) has word embeddings of widths "
-            f"{[e.shape[-1] for e in concept.embeddings]} but this CLIP's encoders take {widths}: "
-            f"connect the CLIP of a {concept.family} checkpoint"
-        )
+    check_embedding_widths(concept, [tokenizer.embedding_size for _, tokenizer, _ in encoders(clip)], "this CLIP")
     check_text_encoder_layer(concept, text_encoder_layer(clip))
 
 

@@ -23,13 +23,7 @@ from ..perfusion_core import TrainingError
 from ..perfusion_core.differentiable import checkpointed, normal_tensors
 from ..perfusion_core.layers import cross_attention_layers, model_family
 from ..perfusion_core.objective import DiffusionObjective
-from ..perfusion_core.second_moment import (
-    Progress,
-    SecondMoment,
-    cached_second_moment,
-    second_moment,
-    weights_key,
-)
+from ..perfusion_core.second_moment import Progress, SecondMoment, host_second_moment
 from ..perfusion_core.train import Conditioning
 from ..perfusion_core.words import in_vocabulary, known_word, superclass_token
 from .text import encoders, text_encoder_layer, with_concepts
@@ -213,10 +207,8 @@ class ComfyHost:
                 unpatch(module)
 
     def second_moment(self, progress: Progress | None) -> SecondMoment:
-        modules = [encoder for _, _, encoder in encoders(self.clip)]
-        key = weights_key(modules, self.text_encoder_layer, self.captions)
-        return cached_second_moment(key, lambda: second_moment(self._caption_contexts, self.captions,
-                                                               CAPTION_BATCH, progress), self.cache_dir)
+        return host_second_moment(self._caption_contexts, [encoder for _, _, encoder in encoders(self.clip)],
+                                  self.text_encoder_layer, self.captions, progress, CAPTION_BATCH, self.cache_dir)
 
     def _caption_contexts(self, captions: list[str]) -> Tensor:
         return self._encode_chunks([self.clip.tokenize(caption) for caption in captions])

@@ -9,8 +9,8 @@ import torch
 from modules import devices, shared
 from torch import Tensor, nn
 
-from perfusion_core import Concept, IncompatibleConceptError, PerfusionError
-from perfusion_core.layers import skip_layer_name
+from perfusion_core import Concept, PerfusionError
+from perfusion_core.layers import check_embedding_widths, skip_layer_name
 
 
 def is_forge(sd_model) -> bool:
@@ -49,18 +49,20 @@ def text_encoder_layer(sd_model) -> str:
     return skip_layer_name(skip)
 
 
-def text_encoder_count(sd_model) -> int:
-    return 2 if is_sdxl(sd_model) else 1
+def text_models(sd_model) -> list:
+    """The web UI's text-encoder wrappers, one per text encoder: Forge's engines; A1111's and reForge's SD1/SD2 one,
+    or SDXL's CLIP-L and OpenCLIP-G (the conditioner's embedders that read text; the others embed image sizes)."""
+    if not has_cond_stage_model(sd_model):
+        return forge_engines(sd_model)
+    encoder = sd_model.cond_stage_model
+    return [m for m in getattr(encoder, "embedders", [encoder]) if hasattr(m, "encode_embedding_init_text")]
 
 
 def check_embeddings(concept: Concept, sd_model) -> None:
     """Refuse a concept whose word embeddings do not fit this model's text encoders."""
-    expected = text_encoder_count(sd_model)
-    if len(concept.embeddings) != expected:
-        raise IncompatibleConceptError(
-            f"concept '{concept.name}' has {len(concept.embeddings)} word embedding(s) but this model has "
-            f"{expected} text encoder(s): it was trained for another base model"
-        )
+    with torch.no_grad():
+        widths = [int(m.encode_embedding_init_text(",", 1).shape[-1]) for m in text_models(sd_model)]
+    check_embedding_widths(concept, widths, "this model")
 
 
 def _embedding_db():

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from perfusion_core import PerfusionError
 from perfusion_core.objective import DiffusionObjective
 
-from . import backend
 from .host import A1111Host
 
 
@@ -39,9 +38,6 @@ class ForgeHost(A1111Host):
     @property
     def text_encoders(self) -> list[nn.Module]:
         return [self.sd_model.forge_objects.clip.cond_stage_model]
-
-    def _text_models(self) -> list:
-        return backend.forge_engines(self.sd_model)
 
     def _objective(self) -> DiffusionObjective:
         predictor = self.sd_model.forge_objects.unet.model.predictor

@@ -17,13 +17,7 @@ from perfusion_core.captions import load_captions
 from perfusion_core.differentiable import checkpointed, normal_tensors
 from perfusion_core.layers import model_family
 from perfusion_core.objective import DiffusionObjective
-from perfusion_core.second_moment import (
-    Progress,
-    SecondMoment,
-    cached_second_moment,
-    second_moment,
-    weights_key,
-)
+from perfusion_core.second_moment import Progress, SecondMoment, host_second_moment
 from perfusion_core.train import Conditioning
 from perfusion_core.words import known_word, superclass_token
 
@@ -38,7 +32,7 @@ class A1111Host:
 
     def __init__(self, sd_model, resolution: int, preview_steps: int = 20, cfg_scale: float = 7.0) -> None:
         self.sd_model = sd_model
-        self.text_models = self._text_models()
+        self.text_models = backend.text_models(sd_model)
         self.unet = backend.unet_of(sd_model)
         self.family = model_family(cross_attention_layers(self.unet))
         self.text_encoder_layer = backend.text_encoder_layer(sd_model)
@@ -60,12 +54,6 @@ class A1111Host:
     def text_encoders(self) -> list[nn.Module]:
         """The modules whose weights `C` depends on."""
         return [self.sd_model.cond_stage_model]
-
-    def _text_models(self) -> list:
-        """The web UI's text-encoder wrappers: SD1/SD2's one, or SDXL's CLIP-L and OpenCLIP-G (the conditioner's
-        embedders that read text; the others embed image sizes)."""
-        encoder = self.sd_model.cond_stage_model
-        return [m for m in getattr(encoder, "embedders", [encoder]) if hasattr(m, "encode_embedding_init_text")]
 
     def _objective(self) -> DiffusionObjective:
         prediction = "v_prediction" if getattr(self.sd_model, "parameterization", "eps") == "v" else "epsilon"
@@ -174,13 +162,8 @@ class A1111Host:
                     module.__dict__.pop("forward", None)
 
     def second_moment(self, progress: Progress | None = None) -> SecondMoment:
-        captions = load_captions()
-        key = weights_key(self.text_encoders, self.text_encoder_layer, captions)
-
-        def compute() -> SecondMoment:
-            return second_moment(lambda batch: self.encode(batch, None).context, captions, progress=progress)
-
-        return cached_second_moment(key, compute)
+        return host_second_moment(lambda batch: self.encode(batch, None).context, self.text_encoders,
+                                  self.text_encoder_layer, load_captions(), progress)
 
     def sample(self, prompts: list[str], seeds: list[int], embeddings: list[Tensor]) -> Tensor:
         """Previews through the web UI's own txt2img, with the UNet as the trainer has patched it."""

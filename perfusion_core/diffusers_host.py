@@ -17,7 +17,7 @@ from .errors import PerfusionError, TrainingError
 from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
 from .precision import resolve_device, resolve_precision
-from .second_moment import Progress, SecondMoment, cached_second_moment, second_moment, weights_key
+from .second_moment import Progress, SecondMoment, host_second_moment
 from .train import Conditioning
 from .words import in_vocabulary, known_word, superclass_token, to_superclass
 
@@ -214,12 +214,8 @@ class DiffusersHost:
         captions = self.captions
         if captions is None or isinstance(captions, (str, Path)):
             captions = load_captions(captions)
-        key = weights_key(self.text_encoders, self.text_encoder_layer, captions)
-
-        def compute() -> SecondMoment:
-            return second_moment(lambda p: self.encode(p, None).context, captions, progress=progress)
-
-        return cached_second_moment(key, compute, self.cache_dir)
+        return host_second_moment(lambda p: self.encode(p, None).context, self.text_encoders, self.text_encoder_layer,
+                                  captions, progress, cache_dir=self.cache_dir)
 
     # -- sampling ----------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from .errors import IncompatibleConceptError, PerfusionError
 from .files import load_concept
 from .global_lock import SuperclassTwins
 from .knobs import GATE
-from .layers import check_concept, cross_attention_layers, encoded_layer, model_family
+from .layers import check_concept, check_embedding_widths, cross_attention_layers, encoded_layer, model_family
 from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet
 from .words import in_vocabulary, to_superclass
 
@@ -115,12 +115,7 @@ class _PipelineConcepts:
 
     def _check_embeddings(self, concept: Concept) -> None:
         widths = [encoder.model.get_input_embeddings().embedding_dim for encoder in self.encoders]
-        given = [int(embedding.shape[0]) for embedding in concept.embeddings]
-        if given != widths:
-            raise IncompatibleConceptError(
-                f"concept '{concept.name}' has word embeddings of widths {given} but this pipeline's text encoders "
-                f"take {widths}: it was trained with other text encoders; use the model it was trained on"
-            )
+        check_embedding_widths(concept, widths, "this pipeline")
 
     def _clip_skip_for(self, concept: Concept) -> int:
         models = [encoder.model for encoder in self.encoders]

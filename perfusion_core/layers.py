@@ -181,6 +181,16 @@ def encoded_layer(family: str, text_encoders: Sequence[nn.Module], clip_skip: in
     return skip_layer_name(from_last + (clip_skip or 0) + 1)
 
 
+def check_embedding_widths(concept: Concept, widths: list[int], host: str) -> None:
+    """Refuse a concept whose word embeddings do not fit the widths of `host`'s text encoders (one per encoder)."""
+    given = [int(e.shape[-1]) for e in concept.embeddings]
+    if given != list(widths):
+        raise IncompatibleConceptError(
+            f"concept '{concept.name}' ({concept.family}) has word embeddings of widths {given} but {host}'s text "
+            f"encoders take {list(widths)}: it was trained for another base model; use a {concept.family} model"
+        )
+
+
 def check_text_encoder_layer(concept: Concept, layer: str) -> None:
     """Refuse a concept whose `C` and targets came from another text-encoder layer than the host uses."""
     if concept.text_encoder_layer != layer:

@@ -109,3 +109,18 @@ def cached_second_moment(
     moment = compute()
     save_tensors(path, {"total": moment.total, "count": torch.tensor(moment.count)}, {"key": key})
     return moment
+
+
+def host_second_moment(
+    encode: Callable[[list[str]], Tensor],
+    text_encoders: Iterable[nn.Module],
+    layer: str,
+    captions: Sequence[str],
+    progress: Progress | None = None,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+) -> SecondMoment:
+    """`C` of a host: its `encode` (prompts to the contexts the UNet reads, from `text_encoders` at `layer`) over
+    `captions`, cached under the encoders' weights, the layer and the captions. Every host gets its `C` here."""
+    key = weights_key(text_encoders, layer, captions)
+    return cached_second_moment(key, lambda: second_moment(encode, captions, batch_size, progress), cache_dir)

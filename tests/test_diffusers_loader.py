@@ -233,7 +233,7 @@ def test_two_concepts_share_one_joint_patch(sd1_file):
     again = dataclasses.replace(hugsy, embeddings=[2 * hugsy.embeddings[0]])  # the same word: replaces hugsy
     load_perfusion(pipe, again, beta=0.5)
     projector = next(iter(pipe.unet._perfusion_handle.patches.values())).value.projector
-    assert projector.names == ["sofy", "hugsy"] and [s.beta for s in projector.settings] == [0.6, 0.5]
+    assert projector.names == ["hugsy", "sofy"] and [s.beta for s in projector.settings] == [0.5, 0.6]  # word order
     assert len(pipe.tokenizer) == before["vocabularies"][0][0] + 2
     (word_id,) = pipe.tokenizer("hugsy", add_special_tokens=False).input_ids
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[word_id], again.embeddings[0])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,16 @@ def test_the_wheel_installs_perfusion_core_alone_into_a_fresh_venv(tmp_path):
     assert found["requires"] == ["torch", "safetensors", "numpy"]
     assert found["captions"] == 24_000
     assert found["hosts imported"] == [] and found["others installed"] == []
+
+
+def test_the_readme_tables_give_every_knob_with_its_default_and_range():
+    from perfusion_core.knobs import GATE, RECIPE
+
+    readme = (ROOT / "README.md").read_text()
+    for name, knob in GATE.items():
+        row = re.search(rf"^\| `{name}` \| ([^|]+) \| ([^|]+) \|", readme, re.MULTILINE)
+        assert row, f"README's gate table lacks {name}"
+        assert float(row[1]) == knob.default and row[2].strip() == f"{knob.low:g}–{knob.high:g}", row[0]
+    training = readme[readme.index("| training knob |"):]
+    for name in RECIPE:
+        assert f"`{name}`" in training.split("\n\n")[0], f"README's training table lacks {name}"
