@@ -53,7 +53,11 @@ from toyworld import demo, world
 from toyworld import probe as toy_probe
 
 RESULTS = Path(__file__).with_name("results")
-WORDS = {"checker_heart": "hugsy", "ringed_circle": "zappy"}  # concepts the probe reads where they are
+WORDS = {"checker_heart": "hugsy", "ringed_circle": "zappy", "striped_star": "stippy"}  # the probe reads each
+FRONT_CONCEPTS = ("checker_heart", "ringed_circle")  # every method, fronts, regions
+# composition: a pair the model can draw, and the ringed circle, whose own presence caps any pair, as the hard case
+COMPOSITION_PAIRS = (("checker_heart", "striped_star"), ("checker_heart", "ringed_circle"))
+COMPOSITION_SEEDS = tuple(range(6))  # 4 layouts x 3 backgrounds x 6 seeds: 72 samples per setting
 BETAS = (0.4, 0.5, 0.6, 0.7, 0.8)
 SCALES = (0.5, 0.75, 1.0)
 TAU = 0.15
@@ -258,15 +262,69 @@ def composed(host: DiffusersHost, first: Method, second: Method) -> AbstractCont
     return None if first.trained.deltas else nullcontext()
 
 
-def pair_scenes() -> list[EvalScene]:
-    first, second = (world.CONCEPTS[name] for name in WORDS)
+def pair_scenes(names: tuple[str, str] = FRONT_CONCEPTS, seeds: tuple[int, ...] = PAIR_SEEDS) -> list[EvalScene]:
+    """Two concepts, named in the order of `names`, at each pair of places (left/right, top/bottom, both ways) on
+    each background."""
+    first, second = (world.CONCEPTS[name] for name in names)
     scenes = []
     for a, b in world.PAIRS:
         for background in world.BACKGROUNDS:
             one = world.concept_scene(first, a, background).objects[0]
             two = world.concept_scene(second, b, background).objects[0]
-            scenes += [EvalScene(world.Scene((one, two), background), seed) for seed in PAIR_SEEDS]
+            scenes += [EvalScene(world.Scene((one, two), background), seed) for seed in seeds]
     return scenes
+
+
+def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method], names: tuple[str, str]) -> dict:
+    """Two Perfusion concepts at β 0.7 in one prompt, in both orders of naming: both present, each one's own
+    presence alone in one-object prompts at the same places, backgrounds and seeds (p₁, p₂), the composition
+    efficiency both / (p₁·p₂), and prompt fidelity (an object at each prompted place, the background right)."""
+    for name in names:
+        host.install_word(concepts[name].word, concepts[name].embeddings)
+    out = {}
+    for order in (names, names[::-1]):
+        scenes = pair_scenes(order, COMPOSITION_SEEDS)
+        methods = [concepts[name] for name in order]
+        looks = tuple(world.CONCEPTS[name] for name in order)
+        seeds = [s.seed for s in scenes]
+        with patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU) for m in methods]):
+            images = host.sample([world.caption(s.scene, tuple(m.word for m in methods)) for s in scenes], seeds)
+        readings = toy_probe.read(scorer.probe, images * 2 - 1)
+        placed = [r["background"] == s.scene.background and all(o.position in r["objects"] for o in s.scene.objects)
+                  for r, s in zip(readings, scenes, strict=True)]
+        own = []
+        for k, (method, look) in enumerate(zip(methods, looks, strict=True)):
+            alone = [EvalScene(world.Scene((s.scene.objects[k],), s.scene.background), s.seed) for s in scenes]
+            with patch_unet(host.unet, [ConceptUse(method.trained, 0.7, TAU)]):
+                single = host.sample([s.prompt(method.word) for s in alone], seeds)
+            own.append(scorer.both_present(single, alone, (look,)))
+        both = scorer.both_present(images, scenes, looks)
+        out[f"{order[0]} first"] = {
+            "both_present": both, "own_presence": own, "prompt_fidelity": float(np.mean(placed)),
+            "efficiency": both / (own[0] * own[1]) if own[0] * own[1] else None, "samples": len(scenes)}
+    return out
+
+
+def compositions(host: DiffusersHost, scorer: Scorer, trained: dict[str, list[Method]], steps: int, work: Path
+                 ) -> dict[str, dict]:
+    """`composition` of each of `COMPOSITION_PAIRS`, with the Perfusion concepts of `trained` and the others trained
+    here."""
+    perfusion = {name: m for name, methods in trained.items() for m in methods if m.name == "perfusion"}
+    for name in sorted({n for pair in COMPOSITION_PAIRS for n in pair} - set(perfusion)):
+        perfusion[name] = train_methods(host, name, demo.training_data(name), steps, work, only=("perfusion",))[0]
+    return {" + ".join(pair): composition(host, scorer, perfusion, pair) for pair in COMPOSITION_PAIRS}
+
+
+def composition_table(rows: dict[str, dict]) -> str:
+    lines = ["| pair | named first | p₁ | p₂ | both present | efficiency | prompt fidelity |",
+             "|---|---|---|---|---|---|---|"]
+    for pair, orders in rows.items():
+        for first, r in orders.items():
+            efficiency = "–" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
+            lines.append(f"| {pair} | {first.removesuffix(' first')} | {r['own_presence'][0]:.2f} | "
+                         f"{r['own_presence'][1]:.2f} | {r['both_present']:.2f} | {efficiency} | "
+                         f"{r['prompt_fidelity']:.2f} |")
+    return "\n".join(lines)
 
 
 def word_gates(host: DiffusersHost, methods: tuple[Method, Method], datas: tuple[TrainingData, TrainingData]
@@ -328,16 +386,16 @@ def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str
     Perfusion (keys locked locally and globally) and textual inversion (weight 0: no regions); and the time of a
     painted pass over an unpainted one."""
     scenes = pair_scenes()
-    concepts = tuple(world.CONCEPTS[name] for name in WORDS)
+    concepts = tuple(world.CONCEPTS[name] for name in FRONT_CONCEPTS)
     row: dict = {}
     for name in REGION_ROWS:
         method = name.removesuffix("_global")
-        methods = tuple(trained[concept][method] for concept in WORDS)
+        methods = tuple(trained[concept][method] for concept in FRONT_CONCEPTS)
         gates = None if method == "perfusion" else word_gates(host, methods, datas)
         lock = "global" if name.endswith("_global") else "local"
         row[name] = {f"{weight:g}": scorer.both_present(sample_painted(host, methods, scenes, weight, gates, lock),
                                                         scenes, concepts) for weight in (0.0, *REGION_WEIGHTS)}
-    methods = tuple(trained[concept]["perfusion"] for concept in WORDS)
+    methods = tuple(trained[concept]["perfusion"] for concept in FRONT_CONCEPTS)
     times = {}
     for weight in (0.0, GATE["region_weight"].default) * 3:
         started = time.perf_counter()
@@ -449,7 +507,7 @@ def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, 
     """Both-present rate per method for prompts naming two separately trained concepts, and Perfusion's
     samples (one per scene, seed 0)."""
     scenes = pair_scenes()
-    first, second = (world.CONCEPTS[name] for name in WORDS)
+    first, second = (world.CONCEPTS[name] for name in FRONT_CONCEPTS)
     rates: dict[str, float] = {}
     shown = None
     for a, b in pairs:
@@ -499,6 +557,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--device", default="cpu", help="torch device for the model (the probe stays on the CPU)")
     parser.add_argument("--model", type=Path, default=demo.MODEL, help="toy model folder (default: the shipped one)")
+    parser.add_argument("--only-composition", action="store_true",
+                        help="train Perfusion alone and measure only composition (a quick check of a candidate model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -512,13 +572,19 @@ def main() -> None:
     model_attrs = {k: model_scores[k] for k in ("shape", "colour", "pattern", "position", "background")}
     print(f"probe on generator images: {probe_scores}\ntoy model samples: {model_scores}", flush=True)
 
+    if args.only_composition:
+        rows = compositions(host, scorer, {}, args.steps, work)
+        print(composition_table(rows))
+        print(json.dumps({"model": str(args.model), "model_all_correct": model_scores["all"], "composition": rows,
+                          "seconds": round(time.monotonic() - started)}))
+        return
     shown = [0, 4, 8, 12, 30, 36, 44, 52]  # a few one-object and two-object scenes of seed 0
     per_concept: dict[str, list[list[dict]]] = {}
     one_shot: dict[str, list[dict]] = {}
     trained: dict[str, list[Method]] = {}
     seconds: dict[str, list[float]] = {}
     grid_rows: list[torch.Tensor] = []
-    for concept_name in WORDS:
+    for concept_name in FRONT_CONCEPTS:
         concept = world.CONCEPTS[concept_name]
         data = demo.training_data(concept_name)
         trained[concept_name] = methods = train_methods(host, concept_name, data, args.steps, work)
@@ -544,7 +610,7 @@ def main() -> None:
     if pair_images is not None:
         grid_rows.append(pair_images[: len(shown)])
     companions, companion_points = {}, {}
-    for concept_name in WORDS:
+    for concept_name in FRONT_CONCEPTS:
         data = demo.training_data(concept_name, companions=demo.COMPANION_VIEWS)
         companions[concept_name] = methods = train_methods(host, concept_name, data, args.steps, work,
                                                            suffix=".companions", only=COMPANION_METHODS)
@@ -553,10 +619,12 @@ def main() -> None:
             companion_points.setdefault(name, []).append(ps)
     two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)))[0]
     companion_means = {name: _mean_points(ps) for name, ps in companion_points.items()}
+    composition_rows = compositions(host, scorer, trained, args.steps, work)
+    print(f"composition: {json.dumps(composition_rows)} ({time.monotonic() - started:.0f} s)", flush=True)
     by_name = lambda methods: {c: {m.name: m for m in ms} for c, ms in methods.items()}  # noqa: E731
-    regions = regions_row(host, scorer, by_name(trained), tuple(demo.training_data(c) for c in WORDS))
+    regions = regions_row(host, scorer, by_name(trained), tuple(demo.training_data(c) for c in FRONT_CONCEPTS))
     regions_companions = regions_row(host, scorer, by_name(companions), tuple(
-        demo.training_data(c, companions=demo.COMPANION_VIEWS) for c in WORDS))
+        demo.training_data(c, companions=demo.COMPANION_VIEWS) for c in FRONT_CONCEPTS))
     print(f"regions: {json.dumps(regions)}, with companion training {json.dumps(regions_companions)} "
           f"({time.monotonic() - started:.0f} s)", flush=True)
     print(f"companion training: {json.dumps(companion_points)}, both present {two_concept_companions} "
@@ -568,6 +636,7 @@ def main() -> None:
         "probe_min_attr_accuracy": min(v for k, v in probe_scores.items() if k != "all"),
         **summary(points, two_concept),
         "two_concept_both_present_companion_training": two_concept_companions,
+        "composition": composition_rows,
         "regions_both_present": regions,
         "regions_both_present_companion_training": regions_companions,
         "points": points,
@@ -580,10 +649,13 @@ def main() -> None:
         "seconds": round(time.monotonic() - started),
     }
     markdown = ["# Toy-world personalisation benchmark", "",
-                f"Mean over {', '.join(WORDS)}; {args.steps} steps, batch 16, {len(demo.TRAINING_VIEWS)} images "
-                "each.", "",
+                f"Mean over {', '.join(FRONT_CONCEPTS)}; {args.steps} steps, batch 16, "
+                f"{len(demo.TRAINING_VIEWS)} images each.", "",
                 table(points, mean_seconds, clock), "",
                 "## One-shot (checker_heart, one image)", "", table(one_shot, {}, clock), "",
+                "## Composition (Perfusion, β 0.7; p: each concept's own presence alone at the same places; "
+                "efficiency: both present / (p₁·p₂))", "",
+                composition_table(composition_rows), "",
                 "## Two concepts in one prompt (both present)", "",
                 *(f"- {name}: {value:.2f}" for name, value in two_concept.items()), "",
                 f"## Companion training ({len(demo.TRAINING_VIEWS)} views + {len(demo.COMPANION_VIEWS)} beside an "

@@ -26,6 +26,7 @@ from .knobs import GATE
 from .layers import check_concept, check_embedding_widths, cross_attention_layers, encoded_layer, model_family
 from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet
 from .words import in_vocabulary, to_superclass
+from .wrapping import MethodWrap
 
 STATE = "_perfusion"  # the pipeline attribute that holds what load_perfusion attached
 PROMPTS = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")  # encode_prompt's text arguments
@@ -60,8 +61,7 @@ class _PipelineConcepts:
         self.twins = SuperclassTwins()
         self.handle: PatchHandle | None = None
         self._unet_hook = None
-        self._wrapper: Callable | None = None
-        self._replaced: Callable | None = None  # an encode_prompt set on the instance before ours
+        self._encode_prompt: MethodWrap | None = None
 
     # -- concepts ----------------------------------------------------------------------------------------
 
@@ -153,9 +153,7 @@ class _PipelineConcepts:
 
     def attach(self) -> None:
         """Attach to the pipeline: `pipe._perfusion`, and the `encode_prompt` wrapper."""
-        self._replaced = vars(self.pipe).get("encode_prompt")
-        self._wrapper = self._encoding(self.pipe.encode_prompt)
-        self.pipe.encode_prompt = self._wrapper
+        self._encode_prompt = MethodWrap(self.pipe, "encode_prompt", self._encoding)
         setattr(self.pipe, STATE, self)
 
     def _encoding(self, encode: Callable) -> Callable:
@@ -203,11 +201,7 @@ class _PipelineConcepts:
         if self._unet_hook is not None:
             self._unet_hook.remove()
             self._unet_hook = None
-        if vars(self.pipe).get("encode_prompt") is self._wrapper:
-            if self._replaced is None:
-                del self.pipe.encode_prompt  # the pipeline's own method shows again
-            else:
-                self.pipe.encode_prompt = self._replaced
+        self._encode_prompt.remove()
         for encoder in self.encoders:
             self._unregister(encoder, list(self.uses))
         self.uses.clear()

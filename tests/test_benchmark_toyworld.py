@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from benchmarks.toyworld import (
-    WORDS,
+    COMPOSITION_PAIRS,
+    COMPOSITION_SEEDS,
+    FRONT_CONCEPTS,
     Scorer,
     dominated,
     eval_scenes,
@@ -46,8 +48,11 @@ def test_scores_of_exact_renders_and_of_a_plain_superclass(name):
     assert exact["pattern_contrast"] > 0.9 and plain["pattern_contrast"] < 0.2
 
 
-def test_two_concepts_present_in_exact_renders_and_absent_in_plain_ones():
-    scenes, concepts = pair_scenes(), tuple(world.CONCEPTS[name] for name in WORDS)
+@pytest.mark.parametrize("names", [FRONT_CONCEPTS, *COMPOSITION_PAIRS, COMPOSITION_PAIRS[0][::-1]])
+def test_two_concepts_present_in_exact_renders_and_absent_in_plain_ones(names):
+    seeds = COMPOSITION_SEEDS if names != FRONT_CONCEPTS else (0, 1, 2)
+    scenes, concepts = pair_scenes(names, seeds), tuple(world.CONCEPTS[name] for name in names)
+    assert len(scenes) == 12 * len(seeds) and scenes[0].scene.objects[0].shape == concepts[0].superclass
     scorer = Scorer()
     assert scorer.both_present(_rendered(scenes), scenes, concepts) > 0.9
     assert scorer.both_present(_rendered(scenes, recolour="green"), scenes, concepts) < 0.05
