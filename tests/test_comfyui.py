@@ -357,11 +357,14 @@ def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, trai
 def test_example_workflow_runs_on_the_test_checkpoint(server, training_images, name):
     import json
 
-    from harness.comfy.workflows import EXAMPLES, for_test, to_api
+    from harness.comfy.workflows import DEPRECATED_ALLOWED, EXAMPLES, for_test, to_api
 
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     assert (EXAMPLES / f"{name}.jpg").stat().st_size > 1000
-    graph = for_test(to_api(workflow, server.get("/object_info")))
+    info = server.get("/object_info")
+    deprecated = {n["type"] for n in workflow["nodes"] if info[n["type"]].get("deprecated")} - DEPRECATED_ALLOWED
+    assert not deprecated, f"{name} uses nodes this ComfyUI marks deprecated: {sorted(deprecated)}"
+    graph = for_test(to_api(workflow, info))
     entry = server.run(graph)
     saved = [key for key, node in graph.items() if node["class_type"] == "SaveImage"]
     assert saved and all(server.images(entry, key) for key in saved)

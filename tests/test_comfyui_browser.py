@@ -1,5 +1,6 @@
 """The pack's front end (web/*.js) in a real browser: ComfyUI serves its front-end package, headless Chromium
-opens the page with this pack loaded, and the tests drive it through the page's own `app` and `LiteGraph`.
+opens the page with this pack loaded, and the tests drive it through the page's own `app` and `LiteGraph`, in
+each of its renderers (RENDERERS).
 
 Needs `COMFYUI_PATH` (and `COMFYUI_PYTHON`, as for `test_comfyui.py`), Playwright's Python package and a
 Chromium: `$CHROMIUM`, or `chromium` / `chromium-browser` / `google-chrome` on `PATH`. No browser is ever
@@ -83,7 +84,7 @@ def server(request):
             concept = dataclasses.replace(test_concept(layers, word, seed), thumbnail=png_data_url(),
                                           training={"steps": "400", "images": "5"})
             write_concept(s.perfusion_dir, word, concept)
-        s.post("/settings/Comfy.TutorialCompleted", True)  # no "Get started with a template" dialog
+        s.post("/settings/Comfy.TutorialCompleted", True)  # the default workflow, no templates dialog or tour
         s.post("/settings/Comfy.Minimap.Visible", False)  # nothing over the nodes in the screenshots
         yield s
 
@@ -104,6 +105,7 @@ def browser():
 class Page:
     page: object
     errors: list[dict]  # console errors and uncaught page errors, in order
+    renderer: str  # a key of RENDERERS
 
     def ours(self) -> list[dict]:
         """The errors that come from this pack's front end: raised in our files, or naming the pack."""
@@ -115,20 +117,41 @@ class Page:
             f"{e['kind']}: {e['text']}\n  {e.get('url') or e.get('stack')}" for e in ours)
 
 
-@pytest.fixture
-def page(server, browser):
+# The front end draws nodes on its LiteGraph canvas, or as Vue components with the setting Nodes 2.0 (front end
+# 1.27.1 on); the value of Comfy.VueNodes.Enabled for each.
+RENDERERS = {"litegraph": False, "vue": True}
+# The app has loaded its initial (default) workflow: `window.app` is set before that load ends, and a graph loaded
+# in between could be replaced by it. The workflow store has an active workflow once that load has configured the
+# graph, and the workspace's spinner is off once the whole start-up is over (1.49, 1.58; 1.23 turns it off before
+# the load).
+APP_LOADED = ("() => window.app?.vueAppReady && app.graph && app.canvas && window.LiteGraph"
+              " && app.extensionManager?.workflow?.activeWorkflow && !app.extensionManager.spinner")
+# The page by CSS, only where the `app` object gives no handle (the same in every front end tested): the side bar's
+# panel and the node library's search box in it, opened through the front end's command for its tab.
+SIDE_BAR_PANEL = ".side-bar-panel"
+NODE_SEARCH = ".side-bar-panel input"
+TOGGLE_NODE_LIBRARY = "() => app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library')"
+
+
+@pytest.fixture(params=list(RENDERERS))
+def page(request, server, browser):
+    vue = RENDERERS[request.param]
+    server.post("/settings/Comfy.VueNodes.Enabled", vue)
     context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    pg = context.new_page()
     errors: list[dict] = []
-    pg.on("console", lambda m: errors.append({"kind": "console", "text": m.text, "url": m.location.get("url")})
-          if m.type == "error" else None)
-    pg.on("pageerror", lambda e: errors.append({"kind": "pageerror", "text": str(e), "stack": e.stack}))
-    pg.set_default_timeout(WAIT_MS)
-    pg.goto(server.url + "/", timeout=WAIT_MS)
-    pg.wait_for_function("() => window.app?.vueAppReady && window.app.graph && window.app.canvas "
-                         "&& window.LiteGraph", timeout=WAIT_MS)
     try:
-        yield Page(pg, errors)
+        pg = context.new_page()
+        pg.on("console", lambda m: errors.append({"kind": "console", "text": m.text, "url": m.location.get("url")})
+              if m.type == "error" else None)
+        pg.on("pageerror", lambda e: errors.append({"kind": "pageerror", "text": str(e), "stack": e.stack}))
+        pg.set_default_timeout(WAIT_MS)
+        pg.goto(server.url + "/", timeout=WAIT_MS)
+        pg.wait_for_function(APP_LOADED, timeout=WAIT_MS)
+        if vue and not pg.evaluate("() => 'Comfy.VueNodes.Enabled' in app.extensionManager.setting.settings"):
+            version = pg.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+            pytest.skip(f"front end {version} has no Nodes 2.0 (Comfy.VueNodes.Enabled, from 1.27.1)")
+        assert pg.evaluate("() => !!LiteGraph.vueNodesMode") == vue, f"the front end does not render {request.param}"
+        yield Page(pg, errors, request.param)
     finally:
         for e in errors:  # shown with a failure: the front end's own errors, for judging the filter
             print(f"browser {e['kind']}: {e['text'][:300]} ({e.get('url') or (e.get('stack') or '')[:300]})")
@@ -143,9 +166,10 @@ def artifacts(tmp_path) -> Path:
 
 
 def screenshot(p: Page, artifacts: Path, name: str) -> Path:
+    """`name`-<renderer>.png in the artifacts folder."""
     p.page.evaluate("() => app.graph.setDirtyCanvas(true, true)")
     p.page.wait_for_timeout(1000)  # a few frames: the canvas and the DOM widgets follow the graph
-    path = artifacts / name
+    path = artifacts / f"{name}-{p.renderer}.png"
     p.page.screenshot(path=str(path))
     print(f"screenshot: {path}")
     return path
@@ -173,7 +197,7 @@ BUILD_GRAPH = """() => {
   const ckpt = add("CheckpointLoaderSimple", [20, 40]);
   const load = add("PerfusionLoadConcept", [20, 240]);
   const apply = add("PerfusionApply", [400, 40]);
-  const sweep = add("PerfusionGateSweep", [400, 40 + apply.size[1] + 60]);  // below Apply, whatever its widgets
+  const sweep = add("PerfusionGateSweep", [400, 40 + apply.size[1] + 100]);  // below Apply in either renderer
   const train = add("PerfusionTrain", [780, 40]);
   for (const target of [apply, sweep, train]) { link(ckpt, 0, target, "model"); link(ckpt, 1, target, "clip"); }
   link(ckpt, 2, train, "vae");
@@ -200,6 +224,13 @@ DOM_STATE = """([id, name]) => {
           images: [...e.querySelectorAll("img")].map((i) => ({shown: i.style.display !== "none",
                                                               loaded: i.complete && i.naturalWidth > 0}))};
 }"""
+
+
+def shown_state(p, node_id: int, name: str) -> dict:
+    """DOM_STATE of a widget once the page shows it: the front end places DOM widgets as it draws the canvas."""
+    p.wait_for_function(f"(args) => ({DOM_STATE})(args).visible", arg=[node_id, name], timeout=60_000)
+    return p.evaluate(DOM_STATE, [node_id, name])
+
 
 TRAIN_EVENTS = """([id, preview]) => {
   const send = (detail) => app.api.dispatchEvent(
@@ -228,13 +259,12 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
     assert {"perfusion.nodes", "perfusion.train"} <= set(names), names
 
     # the node library: search for the pack and find every node under its category
-    p.click(".node-library-tab-button")
-    p.fill(".side-bar-panel input", "perfusion")
-    titles = list(TITLES.values())
-    p.wait_for_function("(titles) => titles.every((t) => document.querySelector('.side-bar-panel')"
-                        "?.innerText.includes(t))", arg=titles, timeout=60_000)
-    screenshot(page, artifacts, "perfusion-node-library.png")
-    p.click(".node-library-tab-button")
+    p.evaluate(TOGGLE_NODE_LIBRARY)
+    p.fill(NODE_SEARCH, "perfusion")
+    p.wait_for_function("([panel, titles]) => titles.every((t) => document.querySelector(panel)?.innerText"
+                        ".includes(t))", arg=[SIDE_BAR_PANEL, list(TITLES.values())], timeout=60_000)
+    screenshot(page, artifacts, "perfusion-node-library")
+    p.evaluate(TOGGLE_NODE_LIBRARY)
 
     # the nodes on a graph: every widget nodes/ declares, in order, and those web/*.js adds
     nodes = p.evaluate(BUILD_GRAPH)
@@ -255,7 +285,7 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
     p.wait_for_function(f"() => {{ const n = app.graph.getNodeById({loader_id}); const v = n.perfusionInfo;"
                         " return v && v.text.textContent.includes('trigger: hugsy') && v.img.complete"
                         " && v.img.naturalWidth > 0; }", timeout=60_000)
-    loader = p.evaluate(DOM_STATE, [loader_id, "concept_info"])
+    loader = shown_state(p, loader_id, "concept_info")
     assert loader["connected"] and loader["visible"], loader
     for line in ("trigger: hugsy", "superclass: teddy", "base: sd1", "steps: 400"):
         assert line in loader["text"], loader
@@ -272,17 +302,21 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
       const w = app.graph.getNodeById({loader_id}).widgets.find((w) => w.name === "concept_name");
       w.value = name; w.callback?.(w.value); }}"""
     hugsy = (server.perfusion_dir / "hugsy.safetensors").read_bytes()
-    (server.perfusion_dir / "broken.safetensors").write_bytes(hugsy[: len(hugsy) // 2])
-    p.evaluate(choose, "broken.safetensors")
-    p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
-                        ".includes('broken.safetensors is not a valid safetensors file')", timeout=60_000)
+    broken = server.perfusion_dir / "broken.safetensors"
+    broken.write_bytes(hugsy[: len(hugsy) // 2])
+    try:  # gone before the next page: it would come first in the loader's list there
+        p.evaluate(choose, broken.name)
+        p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
+                            ".includes('broken.safetensors is not a valid safetensors file')", timeout=60_000)
+    finally:
+        broken.unlink()
     assert not p.evaluate(DOM_STATE, [loader_id, "concept_info"])["images"][0]["shown"]
     p.evaluate(choose, "wugsy.safetensors")
     p.wait_for_function(f"() => app.graph.getNodeById({loader_id}).perfusionInfo.text.textContent"
                         ".includes('trigger: wugsy')", timeout=60_000)
 
     # the trainer's view follows the perfusion.train messages: status line, loss chart, latest preview
-    trainer = p.evaluate(DOM_STATE, [train_id, "training"])
+    trainer = shown_state(p, train_id, "training")
     assert trainer["connected"] and trainer["visible"] and trainer["text"].strip() == "not started", trainer
     shown = p.evaluate(TRAIN_EVENTS, [train_id, png_data_url(64, ((40, 120, 220), (240, 240, 240)))])
     assert shown["status"].startswith("step 60/400  loss 0.") and shown["status"].endswith("~95 s left"), shown
@@ -290,12 +324,12 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
     p.wait_for_function(f"() => {{ const i = app.graph.getNodeById({train_id}).perfusionTrain.preview;"
                         " return i.style.display === 'block' && i.complete && i.naturalWidth > 0; }", timeout=60_000)
 
-    path = screenshot(page, artifacts, "perfusion-nodes.png")
+    path = screenshot(page, artifacts, "perfusion-nodes")
     assert path.stat().st_size > 10_000
 
     # both DOM widgets are in the page and their content fits the space their node gives them
     for node_id, name in ((loader_id, "concept_info"), (train_id, "training")):
-        state = p.evaluate(DOM_STATE, [node_id, name])
+        state = shown_state(p, node_id, name)
         assert state["connected"] and state["visible"], state
         assert state["scrollHeight"] <= state["clientHeight"] + 2, (name, state)
 
@@ -321,7 +355,9 @@ def test_training_shows_live_previews_through_comfyuis_own_preview(server, page)
     images = write_training_images(server.base / "input")
     p = page.page
     client_id = p.evaluate(LISTEN)
-    server.wait(server.submit(train_graph(images, "live", steps=2, preview_every=1), client_id=client_id))
+    # a name per renderer: ComfyUI would answer the same graph again from its cache, without running it
+    graph = train_graph(images, f"live-{page.renderer}", steps=2, preview_every=1)
+    server.wait(server.submit(graph, client_id=client_id))
     p.wait_for_function("() => window.perfusionSeen.filter((e) => e.type === 'b_preview').length >= 2",
                         timeout=60_000)
     seen = p.evaluate("() => window.perfusionSeen")
@@ -350,7 +386,7 @@ def test_example_workflow_opens_and_queues_what_it_was_built_from(server, page, 
       const {output} = await app.graphToPrompt();
       return {missing, output};
     }""", workflow)
-    screenshot(page, artifacts, f"perfusion-example-{name}.png")
+    screenshot(page, artifacts, f"perfusion-example-{name}")
     assert result["missing"] == []
     graph = example_graphs()[name]
     ids = {key: str(k + 1) for k, key in enumerate(graph)}

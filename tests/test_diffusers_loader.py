@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 import re
+import runpy
 import shutil
 from pathlib import Path
 
@@ -102,8 +103,9 @@ def test_the_readme_example_runs_as_written(sd1_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pipe = tiny_pipeline("sd1")
     before = _state(pipe)
-    namespace = {"pipe": pipe}
-    exec(_example_code(), namespace)
+    example = tmp_path / "example.py"
+    example.write_text(_example_code())
+    namespace = runpy.run_path(str(example), init_globals={"pipe": pipe})  # a script, as a reader would run it
     assert isinstance(namespace["image"], Image.Image) and namespace["image"].size == (16, 16)
     _assert_restored(pipe, before)
 

@@ -16,6 +16,10 @@ from .graphs import CHECKPOINT, sample_graph, sweep_graph, train_graph
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
 EXAMPLE_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# ComfyUI nodes the examples use although newer ComfyUIs mark them deprecated. ImageBatch alone: ComfyUI 0.7.0
+# deprecated it for BatchImagesNode, which ComfyUI 0.3.48, the oldest the pack supports, does not have, and no
+# other core node batches images on both.
+DEPRECATED_ALLOWED = {"ImageBatch"}
 
 
 def _inputs(info: dict) -> list[tuple[str, list]]:
