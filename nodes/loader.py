@@ -14,7 +14,8 @@ class LoadPerfusionConcept(io.ComfyNode):
             node_id="PerfusionLoadConcept",
             display_name="Load Perfusion Concept",
             category="perfusion",
-            description="Loads a Perfusion concept (a .safetensors file of 36 KB for SD1.5, 195 KB for SDXL) from models/perfusion.",
+            description="Loads a Perfusion concept (a .safetensors file of 36 KB for SD1.5, 195 KB for SDXL) from "
+                        "models/perfusion.",
             inputs=[
                 io.Combo.Input("concept_name", options=concept_names(),
                                tooltip="A concept file in models/perfusion (or a folder added in "
