@@ -10,7 +10,9 @@ random concept that fits the model. The acceptance tests import nothing from it.
 
 In A1111 CONTEXT_DIM 2048 gives SDXL: `sd_xl_base.yaml` with a small UNet (context 2048, the pooled and size
 vectors of 2816), a two-layer CLIP-L and the full OpenCLIP ViT-bigG-14 text tower (open_clip knows the
-architecture only by that name), random weights; any other (64, 96) a tiny SD1-architecture model.
+architecture only by that name), random weights; 768 an SD1.5-shaped model that ComfyUI and diffusers load too
+(`write_sd15_config`: the small UNet of `SMALL_UNET`, full-size CLIP-L from the local Hugging Face cache and VAE);
+any other (64, 96) a tiny SD1-architecture model.
 
 Forge (run from its root: `backend/loader.py` is there) recognises a checkpoint only by its UNet's shape and
 builds the text encoders and VAE from the configs it ships, so there CONTEXT_DIM must be 768 (SD1), 1024 (SD2)
@@ -82,6 +84,21 @@ def write_tokenizer(folder: Path, context_dim: int) -> None:
         "num_attention_heads": TEXT_WIDTH_HEADS, "max_position_embeddings": 77, "projection_dim": context_dim,
         "hidden_act": "quick_gelu", "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
     }))
+
+
+SMALL_UNET = {"model_channels": 320, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [1, 2]}
+"""A small UNet of A1111's configs that ComfyUI's detection (ComfyUI, reForge) still takes for SD1 or SD2 (320
+channels): two levels, both with cross-attention."""
+
+
+def write_sd15_config(path: Path) -> None:
+    """`configs/v1-inference.yaml` with the `SMALL_UNET`: its CLIP-L (`openai/clip-vit-large-patch14`, whose
+    tokenizer and config A1111 reads from the Hugging Face cache) and VAE stay full size, as ComfyUI expects."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load("configs/v1-inference.yaml")
+    config.model.params.unet_config.params.update(SMALL_UNET)
+    OmegaConf.save(config, path)
 
 
 def write_config(path: Path, tokenizer: Path, context_dim: int) -> None:
@@ -338,8 +355,7 @@ def build_reforge_model(path: Path, context_dim: int, seed: int) -> tuple[torch.
         with torch.device("meta"):
             unet = instantiate_from_config(params.network_config)
     else:
-        params.unet_config.params.update(model_channels=320, channel_mult=[1, 2], num_res_blocks=1,
-                                         attention_resolutions=[1, 2], use_checkpoint=False)
+        params.unet_config.params.update(SMALL_UNET, use_checkpoint=False)
         unet = instantiate_from_config(params.unet_config)
     vae = instantiate_from_config(params.first_stage_config)
     tokenizer = CLIPTokenizer.from_pretrained("ldm_patched/modules/sd1_tokenizer")
@@ -361,14 +377,16 @@ def main(argv: list[str]) -> None:
     else:
         sys.path[:0] = ["repositories/stable-diffusion-stability-ai", "repositories/generative-models"]
         build = build_reforge_model if Path("ldm_patched").is_dir() else None
+    out.mkdir(parents=True, exist_ok=True)
     if build is not None:  # Forge, reForge: models of Hugging Face CLIP text encoders
-        out.mkdir(parents=True, exist_ok=True)
         unet, encoders = build(out / name, context_dim, seed)
         for seed, concept in enumerate(concepts, start=1):
             write_clip_concept(unet, encoders, concept.stem, concept, seed)
         return
     tokenizer = out / f"{name}-tokenizer"
-    if context_dim == 2048:
+    if context_dim == 768:
+        write_sd15_config(out / f"{name}.yaml")
+    elif context_dim == 2048:
         write_tokenizer(tokenizer, 768)
         write_sdxl_config(out / f"{name}.yaml", tokenizer)
     else:

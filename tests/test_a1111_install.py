@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.a1111_server import webui_host
+
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = ("A1111", "FORGE")  # as in test_a1111_server.py: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
-
-
-def _host(prefix: str) -> tuple[str, str]:
-    path = os.environ.get(f"{prefix}_PATH", "")
-    return path, os.environ.get(f"{prefix}_PYTHON") or (f"{path}/venv/bin/python" if path else "")
 
 PIP_STUB = """import json, os, sys
 with open(os.environ["PERFUSION_TEST_CALLS"], "a") as f:
@@ -86,7 +83,7 @@ def _a1111_installer(host: tuple[str, str], extension: Path, **env: str) -> str:
 @pytest.mark.a1111
 @pytest.mark.parametrize("prefix", HOSTS, ids=str.lower)
 def test_a1111_runs_it_and_nothing_changes(request, tmp_path, prefix):
-    host = _host(prefix)
+    host = webui_host(prefix)
     if not host[0]:
         pytest.skip(f"{request.node.name}: {prefix}_PATH is not set (see tests/README.md, AUTOMATIC1111)")
 

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 import re
-import socket
-import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
+from harness.a1111_server import OFFLINE, build_model, is_forge_backend, is_reforge, running_webui, webui_host
 from perfusion_a1111.tags import ConceptRequest, parse_infotext
 from perfusion_core import load_concept
 from perfusion_core.concept import family_for_width
@@ -28,43 +22,17 @@ from perfusion_core.knobs import GATE
 
 pytestmark = pytest.mark.a1111
 
-REPO = Path(__file__).resolve().parents[1]
 HOSTS = ("A1111", "FORGE")  # environment variable prefixes: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
-MODEL_BUILDER = Path(__file__).parents[1] / "harness" / "a1111_model.py"
-STARTUP_SECONDS = 240
-# A1111 downloads its SDXL live-preview decoder (it ships only SD1's): no live previews for the SDXL model
-OFFLINE = {"xl": {"live_previews_enable": False}}
-
-
-def _host(prefix: str) -> tuple[str, str]:
-    """The web UI's folder and interpreter, or empty strings when not configured."""
-    path = os.environ.get(f"{prefix}_PATH", "")
-    return path, os.environ.get(f"{prefix}_PYTHON") or (f"{path}/venv/bin/python" if path else "")
 
 
 def pytest_generate_tests(metafunc):
     """Run every test once per web UI; one not configured reports each test skipped, by name."""
     if "server" in metafunc.fixturenames:
         params = [pytest.param(prefix, id=prefix.lower(), marks=pytest.mark.skipif(
-            not _host(prefix)[0],
+            not webui_host(prefix)[0],
             reason=f"{metafunc.function.__name__}[{prefix.lower()}]: {prefix}_PATH is not set (see tests/README.md)",
         )) for prefix in HOSTS]
         metafunc.parametrize("server", params, indirect=True, scope="module")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _build(host: tuple[str, str], root: Path, name: str, context_dim: int, seed: int,
-           concepts: tuple[str, ...] = ()) -> None:
-    command = [host[1], str(MODEL_BUILDER), str(root / "models" / "Stable-diffusion"), name, str(context_dim),
-               str(seed)]
-    for word in concepts:
-        command += ["--concept", str(root / "models" / "perfusion" / f"{word}.safetensors")]
-    subprocess.run(command, cwd=host[0], check=True, capture_output=True)
 
 
 def _write_lora(path: Path, context_dim: int, channels: int) -> None:
@@ -83,93 +51,24 @@ def _write_lora(path: Path, context_dim: int, channels: int) -> None:
     save_file(tensors, path)
 
 
-class Server:
-    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool) -> None:
-        self.root, self.url = root, f"http://127.0.0.1:{port}"
-        self.concepts = root / "models" / "perfusion"
-        self.families = families  # of "tiny" (and "tiny2"), and of "wide"
-        self.forge = forge  # Forge's own backend
-
-    def call(self, path: str, body: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.load(response)
-        except urllib.error.HTTPError as error:
-            body = json.load(error)
-            if "message" in body:  # Forge's API-only server reports an exception's text as "message"
-                body.setdefault("errors", body["message"])
-            return error.code, body
-
-    def generate(self, prompt: str, model: str = "tiny", expect: int = 200, pnginfo: bool = False,
-                 **settings) -> dict:
-        """txt2img; without `pnginfo` the PNGs carry no parameters, so equal images are equal pixels."""
-        body = {"prompt": prompt, "steps": 4, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler",
-                "override_settings": {"sd_model_checkpoint": model, "enable_pnginfo": pnginfo,
-                                      **OFFLINE.get(model, {})}, **settings}
-        status, result = self.call("/sdapi/v1/txt2img", body)
-        assert status == expect, result
-        if status == 200:
-            result["infotext"] = json.loads(result["info"])["infotexts"][0]
-        return result
-
-
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
-    host = _host(request.param)
-    # Forge's own backend knows a checkpoint only by its UNet's shapes: SD1- and SD2-shaped test models there
-    forge_backend = Path(host[0], "backend", "loader.py").is_file()
-    # reForge loads weights with its ldm_patched (ComfyUI's detection): it too knows a checkpoint by its UNet's shapes
-    reforge = not forge_backend and Path(host[0], "ldm_patched").is_dir()
-    (width, wide), channels = ((768, 1024), 320) if forge_backend or reforge else ((64, 96), 32)
+    host = webui_host(request.param)
+    # Forge and reForge know a checkpoint only by its UNet's shapes: SD1- and SD2-shaped test models there
+    (width, wide), channels = ((768, 1024), 320) if is_forge_backend(host) or is_reforge(host) else ((64, 96), 32)
     root = tmp_path_factory.mktemp(request.param.lower())
-    (root / "models" / "perfusion").mkdir(parents=True)
-    _build(host, root, "tiny", width, 0, concepts=("hugsy", "teddo"))
-    _build(host, root, "tiny2", width, 1)
-    _build(host, root, "wide", wide, 2)
-    _build(host, root, "xl", 2048, 3, concepts=("xlsy",))  # Forge, reForge: with a full-size UNet
+    models, concepts = root / "models" / "Stable-diffusion", root / "models" / "perfusion"
+    concepts.mkdir(parents=True)
+    tiny = build_model(host, models, "tiny", width, 0, (concepts / "hugsy.safetensors", concepts / "teddo.safetensors"))
+    build_model(host, models, "tiny2", width, 1)
+    build_model(host, models, "wide", wide, 2)
+    build_model(host, models, "xl", 2048, 3, (concepts / "xlsy.safetensors",))  # Forge, reForge: a full-size UNet
     _write_lora(root / "models" / "Lora" / "testlora.safetensors", width, channels)
-    (root / "extensions").mkdir()
-    (root / "extensions" / "perfusion").symlink_to(REPO)
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PERFUSION_CACHE": str(root / "cache")}
-    # full-size text encoders (reForge's CLIP-L, the SDXL models' OpenCLIP-G) take hours over the 24,000 shipped
-    # captions on one CPU thread
-    from perfusion_core.captions import load_captions
-
-    (root / "captions.txt").write_text("\n".join(load_captions()[:64]) + "\n")
-    env["PERFUSION_CAPTIONS"] = str(root / "captions.txt")
-    log = open(root / "server.log", "wb")  # noqa: SIM115 (closed at teardown)
-    # Forge and reForge on CPU hold UNets in fp32 (the full-size SDXL one: 10 GB, 18 GB while loading): keep fp16
-    # weights
-    process = subprocess.Popen(
-        [host[1], "launch.py", "--skip-prepare-environment", "--nowebui", "--api", "--server-name",
-         "127.0.0.1", "--port", str(port), "--data-dir", str(root), "--ckpt",
-         str(root / "models" / "Stable-diffusion" / "tiny.safetensors"), "--no-half", "--use-cpu", "all",
-         "--skip-torch-cuda-test", "--no-download-sd-model", "--skip-version-check",
-         *(["--always-cpu", "--unet-in-fp16"] if forge_backend or reforge else [])],
-        cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend)
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, (root / "server.log").read_text(errors="replace")[-4000:]
-            try:
-                if instance.call("/perfusion/v1/concepts", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"the web UI did not start in time: see {root / 'server.log'}"
-            time.sleep(1)
-        yield instance
+        with running_webui(host, root, tiny, families=(family_for_width(width), family_for_width(wide))) as instance:
+            yield instance
     finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
-        for checkpoint in (root / "models" / "Stable-diffusion").glob("*.safetensors"):
+        for checkpoint in models.glob("*.safetensors"):
             checkpoint.unlink()  # up to 7 GB each; pytest keeps the last runs' folders (server.log stays)
 
 

@@ -166,7 +166,7 @@ def write_training_images(folder: Path, count: int = 2, size: int = 64) -> list[
 def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, save_every: int = 0,
                 preview_every: int = 5, resume: bool = False, caption_count: int = 64, batch_size: int = 4,
                 checkpoint: str = CHECKPOINT, compute_dtype: str | None = None,
-                weight_dtype: str | None = None) -> dict:
+                weight_dtype: str | None = None, word: str = "hugsy", superclass: str = "teddy") -> dict:
     """Checkpoint (its UNet stored in `weight_dtype` through UNETLoader and computing in `compute_dtype`, if given) +
     LoadImage × N (batched) → Train Perfusion → save the loss curve and previews."""
     g: dict[str, dict] = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
@@ -186,8 +186,8 @@ def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, sav
             g[f"batch{k}"] = {"class_type": "ImageBatch", "inputs": {"image1": batch, "image2": [f"img{k}", 0]}}
             batch = [f"batch{k}", 0]
     g["train"] = {"class_type": "PerfusionTrain", "inputs": {
-        "model": model, "clip": ["ckpt", 1], "vae": ["ckpt", 2], "images": batch, "word": "hugsy",
-        "superclass": "teddy", "name": name, "steps": steps, "lr_target": 0.03, "lr_embedding": 0.006,
+        "model": model, "clip": ["ckpt", 1], "vae": ["ckpt", 2], "images": batch, "word": word,
+        "superclass": superclass, "name": name, "steps": steps, "lr_target": 0.03, "lr_embedding": 0.006,
         "batch_size": batch_size, "seed": seed, "beta": 0.75, "tau": 0.1, "preview_every": preview_every,
         "save_every": save_every, "resume": resume, "caption_count": caption_count}}
     g["loss"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": f"{name}-loss"}}
