@@ -17,7 +17,7 @@ from perfusion_a1111.tags import (
     parse_request,
     rename_tags,
 )
-from perfusion_core import PerfusionError, save_concept
+from perfusion_core import ConceptFileError, PerfusionError, save_concept
 from perfusion_core.files import read_safetensors, save_tensors
 from perfusion_core.regions import WEIGHT
 
@@ -72,7 +72,8 @@ def folder(tmp_path, sd1_layers):
     save_concept(random_concept(sd1_layers, "hugsy", seed=0), tmp_path / "hugsy.safetensors")
     (tmp_path / "pets").mkdir()
     save_concept(random_concept(sd1_layers, "rex", seed=1), tmp_path / "pets" / "rex.safetensors")
-    (tmp_path / "lora.safetensors").write_bytes(b"not a concept at all")
+    save_tensors(tmp_path / "lora.safetensors", {"lora_down.weight": torch.zeros(2, 4)}, {"ss_network_dim": "2"})
+    save_tensors(tmp_path / "hugsy.state.safetensors", {"step": torch.zeros(1)}, {})
     return tmp_path
 
 
@@ -84,6 +85,24 @@ def test_library_lists_concepts_only_and_finds_them_by_path_or_file_name(folder)
     assert library.find("pets/rex").word == "rex"
     with pytest.raises(PerfusionError, match=r"'nope' not found .*known: hugsy, pets/rex"):
         library.find("nope")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "checksum"])
+def test_library_lists_a_damaged_concept_with_its_error_and_loading_it_raises_that_error(folder, damage):
+    good = (folder / "hugsy.safetensors").read_bytes()
+    data = {"truncated": good[: len(good) // 2], "garbage": b"\x13" * 2048,
+            "checksum": good[:-1] + bytes([good[-1] ^ 1])}[damage]  # the last tensor byte flipped
+    (folder / "broken.safetensors").write_bytes(data)
+    (folder / "broken.state.safetensors").write_bytes(data)  # a damaged training state is no concept
+    library = ConceptLibrary(folder)
+    library.refresh()
+    assert sorted(library.files) == ["broken", "hugsy", "pets/rex"]
+    broken = library.find("broken")
+    with pytest.raises(ConceptFileError) as raised:
+        library.load(broken)
+    assert broken.error == str(raised.value) and "broken.safetensors" in broken.error
+    assert broken.summary == f"damaged: {broken.error}" and broken.card_metadata()["damaged"] == broken.error
+    assert not library.find("hugsy").error and "damaged" not in library.find("hugsy").card_metadata()
 
 
 def test_regions_by_name_or_as_masks_saved_from_the_tab(folder):

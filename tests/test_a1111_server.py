@@ -30,7 +30,8 @@ pytestmark = pytest.mark.a1111
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = ("A1111", "FORGE")  # environment variable prefixes: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
-MODEL_BUILDER = Path(__file__).parents[1] / "harness" / "a1111_model.py"
+MODEL_BUILDER = REPO / "harness" / "a1111_model.py"
+PROBE = REPO / "harness" / "a1111_probe"  # a test-only extension: the cards as the page builds them
 STARTUP_SECONDS = 240
 # A1111 downloads its SDXL live-preview decoder (it ships only SD1's): no live previews for the SDXL model
 OFFLINE = {"xl": {"live_previews_enable": False}}
@@ -132,6 +133,7 @@ def server(request, tmp_path_factory):
     _write_lora(root / "models" / "Lora" / "testlora.safetensors", width, channels)
     (root / "extensions").mkdir()
     (root / "extensions" / "perfusion").symlink_to(REPO)
+    (root / "extensions" / "perfusion-probe").symlink_to(PROBE)
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PERFUSION_CACHE": str(root / "cache")}
@@ -249,6 +251,25 @@ def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     assert full not in (global_["images"][0], baseline)
     assert server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0] == full  # cached conds
     assert server.generate(prompt)["images"][0] == baseline
+
+
+def test_a_damaged_concept_is_listed_with_its_error_and_applying_it_fails_with_that_error(server, baseline):
+    good = (server.concepts / "hugsy.safetensors").read_bytes()
+    path = server.concepts / "broken.safetensors"
+    path.write_bytes(good[: len(good) // 2])
+    try:
+        listed = {c["name"]: c for c in server.call("/perfusion/v1/concepts")[1]}
+        message = listed["broken"]["error"]
+        assert "broken.safetensors" in message and not listed["hugsy"]["error"]
+        cards = {c["name"]: c for c in server.call("/perfusion-probe/v1/cards")[1]}
+        assert cards["broken"]["description"] == f"damaged: {message}"
+        assert cards["broken"]["metadata"]["damaged"] == message
+        status, error = server.call("/sdapi/v1/txt2img", {"prompt": "<perfusion:broken:0.7> a photo", "steps": 2,
+                                                          "width": 64, "height": 64})
+        assert status == 500 and message in error["errors"] and "not found" not in error["errors"]
+    finally:
+        path.unlink()
+    assert server.generate("a photo of hugsy")["images"][0] == baseline
 
 
 def test_lora_and_perfusion_apply_together(server, baseline):

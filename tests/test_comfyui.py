@@ -120,7 +120,10 @@ def test_a_corrupt_concept_file_gives_a_clear_error_and_the_server_keeps_working
     with pytest.raises(ComfyError) as error:
         render(server, concepts=({"name": name},))
     assert "ConceptFileError" in str(error.value) and name in str(error.value), error.value
-    assert name in server.get(f"/perfusion/concept?name={name}")["error"]  # what the loader node shows in the UI
+    # listed by the loader, which shows the route's message on the node
+    options = server.get("/object_info/PerfusionLoadConcept")["PerfusionLoadConcept"]["input"]["required"]
+    assert name in options["concept_name"][1]["options"]
+    assert server.get(f"/perfusion/concept?name={name}")["error"] in str(error.value)
     assert render(server) == plain and render(server, concepts=(HUGSY,)) == applied
 
 
