@@ -232,13 +232,31 @@ def test_global_lock_context_rows_read_the_superclass_prompt(sdxl):
     assert lock.context is None
 
 
+def test_global_lock_keys_read_the_superclass_prompt_as_the_hosts_attention_hands_k_its_context():
+    """A1111's attention runs a loaded hypernetwork's K side on the context before K: on the superclass prompt too."""
+    from perfusion_a1111.global_lock import SuperclassContexts
+
+    model, unet, lock = _Model(), _Unet(), SuperclassContexts()
+    lock.install(model, unet, None, {"hugsy": "bear"}, keys=lambda context: 2 * context + 1)
+    _encode(model, "a hugsy sits", "an ugly dog")
+    unet(torch.zeros(1), context=torch.tensor([[[1.0], [5.0], [4.0]], [[2.0], [4.0], [3.0]]]))
+    assert torch.equal(lock.key_input(torch.zeros(2, 3, 1)), 2 * torch.tensor([[[1.0], [4.0], [4.0]],
+                                                                               [[2.0], [4.0], [3.0]]]) + 1)
+    lock.install(model, unet, None, {"hugsy": "bear"})  # the next generation, without a hypernetwork
+    unet(torch.zeros(1), context=torch.tensor([[[1.0], [5.0], [4.0]]]))
+    assert torch.equal(lock.context, torch.tensor([[[1.0], [4.0], [4.0]]]))
+
+
 def test_global_lock_refuses_a_superclass_of_another_length_and_skips_training_encodes():
     from perfusion_a1111.global_lock import SuperclassContexts
 
-    model, lock = _Model(), SuperclassContexts()
-    lock.install(model, _Unet(), None, {"hugsy": "teddy bear"})
+    model, unet, lock = _Model(), _Unet(), SuperclassContexts()
+    lock.install(model, unet, None, {"hugsy": "teddy bear"})
     model.get_learned_conditioning(_Prompts(["a hugsy"]))  # with gradients, as training encodes: nothing kept
-    assert model.widths == [0] and not lock.pairs
+    assert model.widths == [0]
+    context = torch.tensor([[[1.0], [5.0]]])
+    unet(torch.zeros(1), context=context)
+    assert torch.equal(lock.context, context)
     with pytest.raises(PerfusionError, match="one-token superclass"):
         _encode(model, "a hugsy")
 

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from perfusion_a1111.tags import ConceptRequest, parse_infotext
@@ -31,7 +32,8 @@ pytestmark = pytest.mark.a1111
 REPO = Path(__file__).resolve().parents[1]
 HOSTS = ("A1111", "FORGE")  # environment variable prefixes: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
 MODEL_BUILDER = REPO / "harness" / "a1111_model.py"
-PROBE = REPO / "harness" / "a1111_probe"  # a test-only extension: the cards as the page builds them
+PROBE = REPO / "harness" / "a1111_probe"  # a test-only extension: what K reads, and the cards
+HYPERNETWORK = "testhyper"
 STARTUP_SECONDS = 240
 # A1111 downloads its SDXL live-preview decoder (it ships only SD1's): no live previews for the SDXL model
 OFFLINE = {"xl": {"live_previews_enable": False}}
@@ -70,7 +72,6 @@ def _build(host: tuple[str, str], root: Path, name: str, context_dim: int, seed:
 
 def _write_lora(path: Path, context_dim: int, channels: int) -> None:
     """A rank-2 LoRA (kohya names) on the K and V projections of the tiny UNet's first cross-attention."""
-    import torch
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
@@ -84,12 +85,32 @@ def _write_lora(path: Path, context_dim: int, channels: int) -> None:
     save_file(tensors, path)
 
 
+def _write_hypernetwork(path: Path, context_dim: int) -> None:
+    """A hypernetwork in A1111's format, one linear layer per side: K reads `x + x Wᵀ + b` (`_hypernetwork_keys`)."""
+    g = torch.Generator().manual_seed(0)
+    sides = tuple({"linear.0.weight": torch.randn(context_dim, context_dim, generator=g) * 0.2,
+                   "linear.0.bias": torch.randn(context_dim, generator=g) * 0.2} for _ in range(2))
+    path.parent.mkdir(parents=True)
+    # the legacy format: A1111's pickle check refuses the zip format's `.format_version` entry of newer torch
+    torch.save({context_dim: sides, "layer_structure": [1, 1], "activation_func": "linear", "is_layer_norm": False,
+                "activate_output": False, "dropout_structure": [0, 0], "name": path.stem}, path,
+               _use_new_zipfile_serialization=False)
+
+
+def _hypernetwork_keys(path: Path, context: torch.Tensor) -> torch.Tensor:
+    """What A1111's attention hands K for `context` with the hypernetwork at `path` loaded at strength 1."""
+    side = next(sides[0] for width, sides in torch.load(path).items() if isinstance(width, int))
+    return context + torch.nn.functional.linear(context, side["linear.0.weight"], side["linear.0.bias"])
+
+
 class Server:
-    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool) -> None:
+    def __init__(self, root: Path, port: int, families: tuple[str, str], forge: bool, reforge: bool) -> None:
         self.root, self.url = root, f"http://127.0.0.1:{port}"
         self.concepts = root / "models" / "perfusion"
         self.families = families  # of "tiny" (and "tiny2"), and of "wide"
         self.forge = forge  # Forge's own backend
+        self.reforge = reforge
+        self.probes = 0
 
     def call(self, path: str, body: dict | None = None, timeout: float = 600) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
@@ -115,6 +136,15 @@ class Server:
             result["infotext"] = json.loads(result["info"])["infotexts"][0]
         return result
 
+    def keys(self, prompt: str) -> dict[str, torch.Tensor]:
+        """What the first cross-attention K projection reads ("input") and returns ("output") in the first step of
+        `generate(prompt)`, saved by the test extension harness/a1111_probe."""
+        self.probes += 1
+        path = self.root / f"keys-{self.probes}.safetensors"
+        assert self.call("/perfusion-probe/v1/keys", {"path": str(path)})[0] == 200
+        self.generate(prompt)
+        return load_file(path)
+
 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
@@ -131,6 +161,7 @@ def server(request, tmp_path_factory):
     _build(host, root, "wide", wide, 2)
     _build(host, root, "xl", 2048, 3, concepts=("xlsy",))  # Forge, reForge: with a full-size UNet
     _write_lora(root / "models" / "Lora" / "testlora.safetensors", width, channels)
+    _write_hypernetwork(root / "models" / "hypernetworks" / f"{HYPERNETWORK}.pt", width)
     (root / "extensions").mkdir()
     (root / "extensions" / "perfusion").symlink_to(REPO)
     (root / "extensions" / "perfusion-probe").symlink_to(PROBE)
@@ -154,7 +185,7 @@ def server(request, tmp_path_factory):
          *(["--always-cpu", "--unet-in-fp16"] if forge_backend or reforge else [])],
         cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend)
+    instance = Server(root, port, (family_for_width(width), family_for_width(wide)), forge_backend, reforge)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
@@ -242,6 +273,12 @@ def test_unknown_concept_stops_the_generation_with_its_name(server, baseline):
 
 def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     prompt = "a photo of hugsy"
+    superclass = load_concept(server.concepts / "hugsy.safetensors").superclass
+    # K of the concept prompt under global locking is K of the superclass prompt, token for token (the negative
+    # prompt's rows are their own superclass prompt); locally locked, K reads the concept prompt
+    reference = server.keys(f"a photo of {superclass}")["output"]
+    assert torch.equal(server.keys(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["output"], reference)
+    assert not torch.allclose(server.keys(f"<perfusion:hugsy:0.5:strength=0> {prompt}")["output"], reference)
     # strength 0 leaves every projection's input as it is, so only where K reads matters
     local = server.generate(f"<perfusion:hugsy:0.5:strength=0> {prompt}")
     global_ = server.generate(f"<perfusion:hugsy:0.5:strength=0:lock=global> {prompt}")
@@ -250,6 +287,29 @@ def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     full = server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0]
     assert full not in (global_["images"][0], baseline)
     assert server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0] == full  # cached conds
+    assert server.generate(prompt)["images"][0] == baseline
+
+
+def test_a_hypernetwork_reaches_the_keys_in_both_lock_modes(server, baseline):
+    """A1111's attention runs a loaded hypernetwork on the context before K and V read it. Under global locking K reads
+    the superclass prompt through the hypernetwork's K side, as the superclass prompt alone would; locally locked
+    (strength 0: the gated edit leaves K's input as it is), K reads the prompt through it."""
+    if server.forge or server.reforge:
+        pytest.skip("Forge and reForge: their UNet clones run their own attention; hypernetworks are not checked there")
+    prompt, hyper = "a photo of hugsy", f"<hypernet:{HYPERNETWORK}:1>"
+    superclass = load_concept(server.concepts / "hugsy.safetensors").superclass
+    file = server.root / "models" / "hypernetworks" / f"{HYPERNETWORK}.pt"
+    plain = server.keys(f"a photo of {superclass}")["input"]
+    reference = server.keys(f"{hyper} a photo of {superclass}")
+    assert torch.allclose(reference["input"], _hypernetwork_keys(file, plain), atol=1e-5)
+    global_ = server.keys(f"{hyper} <perfusion:hugsy:0.5:lock=global> {prompt}")
+    assert torch.equal(global_["input"], reference["input"]) and torch.equal(global_["output"], reference["output"])
+    local = server.keys(f"<perfusion:hugsy:0.5:strength=0> {prompt}")["input"]
+    local_hyper = server.keys(f"{hyper} <perfusion:hugsy:0.5:strength=0> {prompt}")["input"]
+    assert torch.allclose(local_hyper, _hypernetwork_keys(file, local), atol=1e-5)
+    images = {server.generate(f"{tag} <perfusion:hugsy:0.5:lock={lock}> {prompt}")["images"][0]
+              for tag in ("", hyper) for lock in ("local", "global")}
+    assert len(images) == 4  # the hypernetwork changes the image in either mode
     assert server.generate(prompt)["images"][0] == baseline
 
 
