@@ -18,6 +18,7 @@ from .comfy.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_BUILDER = Path(__file__).with_name("a1111_model.py")
+PROBE = Path(__file__).with_name("a1111_probe")  # a test-only extension: what K reads, and the cards
 STARTUP_SECONDS = 240
 # A1111 downloads its SDXL live-preview decoder (it ships only SD1's): no live previews for the SDXL test model "xl"
 OFFLINE = {"xl": {"live_previews_enable": False}}
@@ -59,7 +60,9 @@ class Server:
     port: int
     checkpoint: str
     forge: bool = False  # Forge's own backend
+    reforge: bool = False
     families: tuple[str, ...] = ()  # of the test models, for the tests that name them
+    probes: int = 0
 
     @property
     def url(self) -> str:
@@ -94,6 +97,17 @@ class Server:
             result["infotext"] = json.loads(result["info"])["infotexts"][0]
         return result
 
+    def keys(self, prompt: str) -> dict:
+        """What the first cross-attention K projection reads ("input") and returns ("output") in the first step of
+        `generate(prompt)`, saved by the test extension `a1111_probe`."""
+        from safetensors.torch import load_file
+
+        self.probes += 1
+        path = self.root / f"keys-{self.probes}.safetensors"
+        assert self.call("/perfusion-probe/v1/keys", {"path": str(path)})[0] == 200
+        self.generate(prompt)
+        return load_file(path)
+
 
 @contextmanager
 def running_webui(host: tuple[str, str], root: Path, checkpoint: Path, **attributes) -> Iterator[Server]:
@@ -107,8 +121,9 @@ def running_webui(host: tuple[str, str], root: Path, checkpoint: Path, **attribu
     low_bits = is_forge_backend(host) or is_reforge(host)
     (root / "models" / "perfusion").mkdir(parents=True, exist_ok=True)
     (root / "extensions").mkdir(exist_ok=True)
-    if not (root / "extensions" / "perfusion").exists():
-        (root / "extensions" / "perfusion").symlink_to(REPO)
+    for name, target in (("perfusion", REPO), ("perfusion-probe", PROBE)):
+        if not (root / "extensions" / name).exists():
+            (root / "extensions" / name).symlink_to(target)
     (root / "captions.txt").write_text("\n".join(load_captions()[:64]) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PERFUSION_CACHE": str(root / "cache"), "PERFUSION_CAPTIONS": str(root / "captions.txt")}
@@ -123,7 +138,7 @@ def running_webui(host: tuple[str, str], root: Path, checkpoint: Path, **attribu
          *(["--always-cpu", "--unet-in-fp16"] if low_bits else [])],
         cwd=host[0], env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    server = Server(root, port, checkpoint.stem, is_forge_backend(host), **attributes)
+    server = Server(root, port, checkpoint.stem, is_forge_backend(host), is_reforge(host), **attributes)
     try:
         _wait_until_up(server, process)
         yield server

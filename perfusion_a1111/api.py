@@ -20,7 +20,7 @@ def add_routes(app: FastAPI, network: PerfusionNetwork) -> None:
     @app.get("/perfusion/v1/concepts")
     def concepts() -> list[dict]:
         library.refresh()
-        return [{"name": f.name, "path": str(f.path), "hash": f.shorthash, **f.card_metadata()}
+        return [{"name": f.name, "path": str(f.path), "hash": f.shorthash, "error": f.error, **f.card_metadata()}
                 for f in library.files.values()]
 
     @app.post("/perfusion/v1/train")

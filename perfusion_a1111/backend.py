@@ -3,7 +3,7 @@ and the embedding database where a concept word is registered."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from modules import devices, shared
@@ -36,6 +36,18 @@ def unet_of(sd_model) -> nn.Module:
     if unet is None:
         raise PerfusionError(f"{type(sd_model).__name__} has no model.diffusion_model: unsupported model type")
     return unet
+
+
+def key_context(sd_model) -> Callable[[Tensor], Tensor] | None:
+    """What the model's cross-attention does to a context before K reads it, where Perfusion's globally locked K
+    must do the same to the superclass prompt: on A1111, the K side of the loaded hypernetworks (every attention
+    forward of `sd_hijack_optimizations` runs them on the context); None on Forge and reForge, whose UNets run their
+    own attention (not handled there)."""
+    if is_forge(sd_model):
+        return None
+    from modules.hypernetworks import hypernetwork
+
+    return lambda context: hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)[0]
 
 
 def text_encoder_layer(sd_model) -> str:

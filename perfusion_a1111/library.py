@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from perfusion_core import Concept, PerfusionError, load_concept
+from perfusion_core import Concept, ConceptFileError, PerfusionError, load_concept
 from perfusion_core.files import atomic_write_bytes
 from perfusion_core.regions import NAMED
+from perfusion_core.train import state_path_for
 
 from .tags import TAG
 
@@ -33,11 +34,12 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 @dataclass
 class ConceptFile:
-    """A concept file on disk, known by its header metadata (the tensors are read only by `load`)."""
+    """A concept file on disk, known by its header metadata, or a damaged one, known by its `ConceptFileError`."""
 
     name: str  # path below the folder without the suffix, '/'-separated: what the prompt tag names
     path: Path
     metadata: dict[str, str]
+    error: str = ""  # why the file does not load (its ConceptFileError's message); empty for a sound file
     _hash: tuple[tuple[int, int], str] | None = field(default=None, repr=False)
 
     @property
@@ -72,7 +74,9 @@ class ConceptFile:
 
     @property
     def summary(self) -> str:
-        """The card's default description: what the concept is and which base model it is for."""
+        """The card's default description: what the concept is and which base model it is for, or what is wrong."""
+        if self.error:
+            return f"damaged: {self.error}"
         what = f"{self.word}, a {self.superclass}" if self.superclass else self.word
         text = f"{what} ({self.family})"
         return f"{text}: {self.description}" if self.description else text
@@ -84,6 +88,7 @@ class ConceptFile:
     def card_metadata(self) -> dict[str, str]:
         """What a card shows in its metadata view."""
         shown = {
+            "damaged": self.error,
             "trigger word": self.word,
             "superclass": self.superclass,
             "base model": self.family,
@@ -98,13 +103,12 @@ class ConceptFile:
 
 
 def read_header(path: Path) -> dict[str, str] | None:
-    """The metadata of a perfusion concept file, or None for any other or unreadable file."""
+    """The metadata of a readable safetensors file, or None for one that cannot be read."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception:  # a foreign or damaged file is simply not listed
+            return f.metadata() or {}
+    except Exception:  # damaged: the caller names what is wrong
         return None
-    return metadata if "perfusion.concept_word" in metadata else None
 
 
 class ConceptLibrary:
@@ -116,15 +120,22 @@ class ConceptLibrary:
         self._loaded: dict[Path, tuple[tuple[int, int], Concept]] = {}
 
     def refresh(self) -> None:
-        """Rescan the folder (recursively); files that are not concepts (training states, LoRAs) are skipped."""
+        """Rescan the folder (recursively). Readable files that are not concepts (a LoRA) and training states are
+        skipped; a concept that does not load, or a file that cannot be read, is listed with its error."""
         found: dict[str, ConceptFile] = {}
         if self.folder.is_dir():
             for path in sorted(self.folder.rglob(f"*{SUFFIX}")):
                 metadata = read_header(path)
-                if metadata is not None:
-                    name = path.relative_to(self.folder).as_posix().removesuffix(SUFFIX)
-                    old = self.files.get(name)
-                    found[name] = ConceptFile(name, path, metadata, old._hash if old else None)
+                if state_path_for(path) == path or (metadata is not None and "perfusion.concept_word" not in metadata):
+                    continue
+                name = path.relative_to(self.folder).as_posix().removesuffix(SUFFIX)
+                old = self.files.get(name)
+                file = ConceptFile(name, path, metadata or {}, _hash=old._hash if old else None)
+                try:
+                    self.load(file)
+                except ConceptFileError as error:
+                    file.error = str(error)
+                found[name] = file
         self.files = found
 
     def find(self, name: str) -> ConceptFile:

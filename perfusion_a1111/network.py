@@ -118,7 +118,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
             return
         global_words = {r.concept.word: r.concept.superclass for r in resolved if r.request.lock == "global"}
         if global_words:
-            self.global_lock.install(sd_model, unet, self.handle, global_words)
+            self.global_lock.install(sd_model, unet, self.handle, global_words, backend.key_context(sd_model))
 
     def fail(self, sd_model, error: PerfusionError) -> None:
         """Undo this activation and make the coming UNet call raise `error`."""

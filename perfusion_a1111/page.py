@@ -37,7 +37,7 @@ class PerfusionPage(ui_extra_networks.ExtraNetworksPage):
             "filename": str(file.path),
             "shorthash": file.shorthash,
             "preview": self.find_preview(stem) or file.thumbnail or None,
-            "description": self.find_description(stem) or file.summary,
+            "description": file.summary if file.error else self.find_description(stem) or file.summary,
             "search_terms": [self.search_terms_from_path(str(file.path)), file.word, file.superclass, file.family],
             "local_preview": f"{stem}.{shared.opts.samples_format}",
             "metadata": file.card_metadata(),

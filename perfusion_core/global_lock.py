@@ -1,5 +1,6 @@
 """Global key-locking where the host encodes the prompts: the superclass twin of each context row the host encoded
-(the prompt encoded with `words.to_superclass`), which the K projections read in that row's place."""
+(the prompt encoded with `words.to_superclass`), which the K projections read in that row's place. The one rule of
+every host that keeps such a table (diffusers, the web UIs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections import deque
 
 import torch
 from torch import Tensor
+
+from .errors import PerfusionError
 
 KEPT_ROWS = 64  # encoded prompt rows remembered (embeddings encoded once may be sampled from several times)
 
@@ -18,8 +21,14 @@ class SuperclassTwins:
     def __init__(self, kept: int = KEPT_ROWS) -> None:
         self._pairs: deque[tuple[Tensor, Tensor]] = deque(maxlen=kept)
 
+    def clear(self) -> None:
+        self._pairs.clear()
+
     def keep(self, encoded: Tensor, twins: Tensor) -> None:
         """Remember each row of `encoded` (batch, tokens, width) that differs from its row of `twins`."""
+        if twins.shape != encoded.shape:
+            raise PerfusionError("lock=global: the superclass word does not take the concept word's place token for "
+                                 "token; use a one-token superclass")
         for row, twin in zip(encoded.detach(), twins.detach(), strict=True):
             if not row.equal(twin):
                 self._pairs.append((row, twin))
@@ -30,7 +39,13 @@ class SuperclassTwins:
         return torch.stack([self._twin(row) for row in context])
 
     def _twin(self, row: Tensor) -> Tensor:
+        """A kept row's twin, in `row`'s dtype. A sampler may lengthen a row before the UNet (A1111 pads it with the
+        empty prompt's chunks, Forge repeats it whole): each part of it that is the kept row, or its start, becomes the
+        twin's part; the other parts stay."""
         for encoded, twin in reversed(self._pairs):
-            if encoded.device == row.device and encoded.dtype == row.dtype and encoded.equal(row):
-                return twin
+            n = encoded.shape[0]
+            if row.shape[0] < n or encoded.device != row.device or not row[:n].equal(encoded.to(row.dtype)):
+                continue
+            return torch.cat([twin[:len(part)].to(row.dtype) if part.equal(encoded[:len(part)].to(row.dtype)) else part
+                              for part in row.split(n)])
         return row

@@ -17,7 +17,7 @@ from perfusion_a1111.tags import (
     parse_request,
     rename_tags,
 )
-from perfusion_core import PerfusionError, save_concept
+from perfusion_core import ConceptFileError, PerfusionError, save_concept
 from perfusion_core.files import read_safetensors, save_tensors
 from perfusion_core.knobs import GATE
 
@@ -86,7 +86,8 @@ def folder(tmp_path, sd1_layers):
     save_concept(random_concept(sd1_layers, "hugsy", seed=0), tmp_path / "hugsy.safetensors")
     (tmp_path / "pets").mkdir()
     save_concept(random_concept(sd1_layers, "rex", seed=1), tmp_path / "pets" / "rex.safetensors")
-    (tmp_path / "lora.safetensors").write_bytes(b"not a concept at all")
+    save_tensors(tmp_path / "lora.safetensors", {"lora_down.weight": torch.zeros(2, 4)}, {"ss_network_dim": "2"})
+    save_tensors(tmp_path / "hugsy.state.safetensors", {"step": torch.zeros(1)}, {})
     return tmp_path
 
 
@@ -98,6 +99,24 @@ def test_library_lists_concepts_only_and_finds_them_by_path_or_file_name(folder)
     assert library.find("pets/rex").word == "rex"
     with pytest.raises(PerfusionError, match=r"'nope' not found .*known: hugsy, pets/rex"):
         library.find("nope")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "checksum"])
+def test_library_lists_a_damaged_concept_with_its_error_and_loading_it_raises_that_error(folder, damage):
+    good = (folder / "hugsy.safetensors").read_bytes()
+    data = {"truncated": good[: len(good) // 2], "garbage": b"\x13" * 2048,
+            "checksum": good[:-1] + bytes([good[-1] ^ 1])}[damage]  # the last tensor byte flipped
+    (folder / "broken.safetensors").write_bytes(data)
+    (folder / "broken.state.safetensors").write_bytes(data)  # a damaged training state is no concept
+    library = ConceptLibrary(folder)
+    library.refresh()
+    assert sorted(library.files) == ["broken", "hugsy", "pets/rex"]
+    broken = library.find("broken")
+    with pytest.raises(ConceptFileError) as raised:
+        library.load(broken)
+    assert broken.error == str(raised.value) and "broken.safetensors" in broken.error
+    assert broken.summary == f"damaged: {broken.error}" and broken.card_metadata()["damaged"] == broken.error
+    assert not library.find("hugsy").error and "damaged" not in library.find("hugsy").card_metadata()
 
 
 def test_regions_by_name_or_as_masks_saved_from_the_tab(folder):
@@ -227,13 +246,31 @@ def test_global_lock_context_rows_read_the_superclass_prompt(sdxl):
     assert lock.context is None
 
 
+def test_global_lock_keys_read_the_superclass_prompt_as_the_hosts_attention_hands_k_its_context():
+    """A1111's attention runs a loaded hypernetwork's K side on the context before K: on the superclass prompt too."""
+    from perfusion_a1111.global_lock import SuperclassContexts
+
+    model, unet, lock = _Model(), _Unet(), SuperclassContexts()
+    lock.install(model, unet, None, {"hugsy": "bear"}, keys=lambda context: 2 * context + 1)
+    _encode(model, "a hugsy sits", "an ugly dog")
+    unet(torch.zeros(1), context=torch.tensor([[[1.0], [5.0], [4.0]], [[2.0], [4.0], [3.0]]]))
+    assert torch.equal(lock.key_input(torch.zeros(2, 3, 1)), 2 * torch.tensor([[[1.0], [4.0], [4.0]],
+                                                                               [[2.0], [4.0], [3.0]]]) + 1)
+    lock.install(model, unet, None, {"hugsy": "bear"})  # the next generation, without a hypernetwork
+    unet(torch.zeros(1), context=torch.tensor([[[1.0], [5.0], [4.0]]]))
+    assert torch.equal(lock.context, torch.tensor([[[1.0], [4.0], [4.0]]]))
+
+
 def test_global_lock_refuses_a_superclass_of_another_length_and_skips_training_encodes():
     from perfusion_a1111.global_lock import SuperclassContexts
 
-    model, lock = _Model(), SuperclassContexts()
-    lock.install(model, _Unet(), None, {"hugsy": "teddy bear"})
+    model, unet, lock = _Model(), _Unet(), SuperclassContexts()
+    lock.install(model, unet, None, {"hugsy": "teddy bear"})
     model.get_learned_conditioning(_Prompts(["a hugsy"]))  # with gradients, as training encodes: nothing kept
-    assert model.widths == [0] and not lock.pairs
+    assert model.widths == [0]
+    context = torch.tensor([[[1.0], [5.0]]])
+    unet(torch.zeros(1), context=context)
+    assert torch.equal(lock.context, context)
     with pytest.raises(PerfusionError, match="one-token superclass"):
         _encode(model, "a hugsy")
 

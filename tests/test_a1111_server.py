@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from harness.a1111_server import OFFLINE, build_model, is_forge_backend, is_reforge, running_webui, webui_host
@@ -23,6 +24,7 @@ from perfusion_core.knobs import GATE
 pytestmark = pytest.mark.a1111
 
 HOSTS = ("A1111", "FORGE")  # environment variable prefixes: A1111_PATH, A1111_PYTHON, FORGE_PATH, ...
+HYPERNETWORK = "testhyper"
 
 
 def pytest_generate_tests(metafunc):
@@ -37,7 +39,6 @@ def pytest_generate_tests(metafunc):
 
 def _write_lora(path: Path, context_dim: int, channels: int) -> None:
     """A rank-2 LoRA (kohya names) on the K and V projections of the tiny UNet's first cross-attention."""
-    import torch
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
@@ -49,6 +50,24 @@ def _write_lora(path: Path, context_dim: int, channels: int) -> None:
         tensors[f"{name}.alpha"] = torch.tensor(2.0)
     path.parent.mkdir(parents=True)
     save_file(tensors, path)
+
+
+def _write_hypernetwork(path: Path, context_dim: int) -> None:
+    """A hypernetwork in A1111's format, one linear layer per side: K reads `x + x Wᵀ + b` (`_hypernetwork_keys`)."""
+    g = torch.Generator().manual_seed(0)
+    sides = tuple({"linear.0.weight": torch.randn(context_dim, context_dim, generator=g) * 0.2,
+                   "linear.0.bias": torch.randn(context_dim, generator=g) * 0.2} for _ in range(2))
+    path.parent.mkdir(parents=True)
+    # the legacy format: A1111's pickle check refuses the zip format's `.format_version` entry of newer torch
+    torch.save({context_dim: sides, "layer_structure": [1, 1], "activation_func": "linear", "is_layer_norm": False,
+                "activate_output": False, "dropout_structure": [0, 0], "name": path.stem}, path,
+               _use_new_zipfile_serialization=False)
+
+
+def _hypernetwork_keys(path: Path, context: torch.Tensor) -> torch.Tensor:
+    """What A1111's attention hands K for `context` with the hypernetwork at `path` loaded at strength 1."""
+    side = next(sides[0] for width, sides in torch.load(path).items() if isinstance(width, int))
+    return context + torch.nn.functional.linear(context, side["linear.0.weight"], side["linear.0.bias"])
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +83,7 @@ def server(request, tmp_path_factory):
     build_model(host, models, "wide", wide, 2)
     build_model(host, models, "xl", 2048, 3, (concepts / "xlsy.safetensors",))  # Forge, reForge: a full-size UNet
     _write_lora(root / "models" / "Lora" / "testlora.safetensors", width, channels)
+    _write_hypernetwork(root / "models" / "hypernetworks" / f"{HYPERNETWORK}.pt", width)
     try:
         with running_webui(host, root, tiny, families=(family_for_width(width), family_for_width(wide))) as instance:
             yield instance
@@ -139,6 +159,12 @@ def test_unknown_concept_stops_the_generation_with_its_name(server, baseline):
 
 def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     prompt = "a photo of hugsy"
+    superclass = load_concept(server.concepts / "hugsy.safetensors").superclass
+    # K of the concept prompt under global locking is K of the superclass prompt, token for token (the negative
+    # prompt's rows are their own superclass prompt); locally locked, K reads the concept prompt
+    reference = server.keys(f"a photo of {superclass}")["output"]
+    assert torch.equal(server.keys(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["output"], reference)
+    assert not torch.allclose(server.keys(f"<perfusion:hugsy:0.5:strength=0> {prompt}")["output"], reference)
     # strength 0 leaves every projection's input as it is, so only where K reads matters
     local = server.generate(f"<perfusion:hugsy:0.5:strength=0> {prompt}")
     global_ = server.generate(f"<perfusion:hugsy:0.5:strength=0:lock=global> {prompt}")
@@ -148,6 +174,48 @@ def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     assert full not in (global_["images"][0], baseline)
     assert server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0] == full  # cached conds
     assert server.generate(prompt)["images"][0] == baseline
+
+
+def test_a_hypernetwork_reaches_the_keys_in_both_lock_modes(server, baseline):
+    """A1111's attention runs a loaded hypernetwork on the context before K and V read it. Under global locking K reads
+    the superclass prompt through the hypernetwork's K side, as the superclass prompt alone would; locally locked
+    (strength 0: the gated edit leaves K's input as it is), K reads the prompt through it."""
+    if server.forge or server.reforge:
+        pytest.skip("Forge and reForge: their UNet clones run their own attention; hypernetworks are not checked there")
+    prompt, hyper = "a photo of hugsy", f"<hypernet:{HYPERNETWORK}:1>"
+    superclass = load_concept(server.concepts / "hugsy.safetensors").superclass
+    file = server.root / "models" / "hypernetworks" / f"{HYPERNETWORK}.pt"
+    plain = server.keys(f"a photo of {superclass}")["input"]
+    reference = server.keys(f"{hyper} a photo of {superclass}")
+    assert torch.allclose(reference["input"], _hypernetwork_keys(file, plain), atol=1e-5)
+    global_ = server.keys(f"{hyper} <perfusion:hugsy:0.5:lock=global> {prompt}")
+    assert torch.equal(global_["input"], reference["input"]) and torch.equal(global_["output"], reference["output"])
+    local = server.keys(f"<perfusion:hugsy:0.5:strength=0> {prompt}")["input"]
+    local_hyper = server.keys(f"{hyper} <perfusion:hugsy:0.5:strength=0> {prompt}")["input"]
+    assert torch.allclose(local_hyper, _hypernetwork_keys(file, local), atol=1e-5)
+    images = {server.generate(f"{tag} <perfusion:hugsy:0.5:lock={lock}> {prompt}")["images"][0]
+              for tag in ("", hyper) for lock in ("local", "global")}
+    assert len(images) == 4  # the hypernetwork changes the image in either mode
+    assert server.generate(prompt)["images"][0] == baseline
+
+
+def test_a_damaged_concept_is_listed_with_its_error_and_applying_it_fails_with_that_error(server, baseline):
+    good = (server.concepts / "hugsy.safetensors").read_bytes()
+    path = server.concepts / "broken.safetensors"
+    path.write_bytes(good[: len(good) // 2])
+    try:
+        listed = {c["name"]: c for c in server.call("/perfusion/v1/concepts")[1]}
+        message = listed["broken"]["error"]
+        assert "broken.safetensors" in message and not listed["hugsy"]["error"]
+        cards = {c["name"]: c for c in server.call("/perfusion-probe/v1/cards")[1]}
+        assert cards["broken"]["description"] == f"damaged: {message}"
+        assert cards["broken"]["metadata"]["damaged"] == message
+        status, error = server.call("/sdapi/v1/txt2img", {"prompt": "<perfusion:broken:0.7> a photo", "steps": 2,
+                                                          "width": 64, "height": 64})
+        assert status == 500 and message in error["errors"] and "not found" not in error["errors"]
+    finally:
+        path.unlink()
+    assert server.generate("a photo of hugsy")["images"][0] == baseline
 
 
 def test_lora_and_perfusion_apply_together(server, baseline):

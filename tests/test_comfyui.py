@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from harness.comfy.graphs import fresh, render, sample_graph, sweep_graph
+from harness.comfy.graphs import fresh, keys, render, sample_graph, sweep_graph
 from harness.comfy.server import ComfyError, ComfyServer, cache_dir, comfyui_trees, running_server
 from perfusion_core.knobs import GATE, RECIPE
 
@@ -38,6 +38,8 @@ def server(request):
 
 HUGSY = {"name": "hugsy.safetensors"}
 WUGSY = {"name": "wugsy.safetensors"}
+PROMPT = "a photo of hugsy on the beach"  # the graphs' default prompt
+SUPERCLASS_PROMPT = "a photo of teddy on the beach"  # with the test concepts' superclass in the concept word's place
 
 
 def test_pack_loads_with_its_nodes(server):
@@ -105,7 +107,9 @@ def test_apply_with_a_controlnet_in_one_graph(server):
 @pytest.mark.parametrize("lock", ["local", "global"])
 def test_apply_with_another_attn2_patch_in_one_graph(server, lock):
     """A hypernetwork (ComfyUI's HypernetworkLoader, an attn1/attn2 patch of K and V inputs) beside a concept: both
-    apply, in either node order alike, and leave nothing behind."""
+    apply, in either node order alike, and leave nothing behind. The hypernetwork reaches the keys: globally locked,
+    they are the superclass prompt's through the hypernetwork; locally locked at strength 0 (the gated edit leaves K's
+    input as it is), those of the prompt through it."""
     use = {**HUGSY, "lock": lock}
     plain = fresh(server)
     hyper = render(server, hypernetwork=True)
@@ -115,6 +119,12 @@ def test_apply_with_another_attn2_patch_in_one_graph(server, lock):
     assert render(server, concepts=(use,), hypernetwork=True, order=("hypernetwork", "concepts")) == both
     assert render(server, hypernetwork=True) == hyper
     assert render(server) == plain
+    reference = keys(server, prompt=SUPERCLASS_PROMPT, hypernetwork=True)
+    assert not torch.allclose(reference, keys(server, prompt=SUPERCLASS_PROMPT))
+    prompt = PROMPT if lock == "global" else SUPERCLASS_PROMPT
+    for order in (("concepts", "hypernetwork"), ("hypernetwork", "concepts")):
+        patched = keys(server, prompt=prompt, concepts=({**use, "strength": 0.0},), hypernetwork=True, order=order)
+        assert torch.equal(patched, reference), order
 
 
 @pytest.mark.parametrize("content", ["garbage", "truncated", "pickle"])
@@ -130,7 +140,10 @@ def test_a_corrupt_concept_file_gives_a_clear_error_and_the_server_keeps_working
     with pytest.raises(ComfyError) as error:
         render(server, concepts=({"name": name},))
     assert "ConceptFileError" in str(error.value) and name in str(error.value), error.value
-    assert name in server.get(f"/perfusion/concept?name={name}")["error"]  # what the loader node shows in the UI
+    # listed by the loader, which shows the route's message on the node
+    options = server.get("/object_info/PerfusionLoadConcept")["PerfusionLoadConcept"]["input"]["required"]
+    assert name in options["concept_name"][1]["options"]
+    assert server.get(f"/perfusion/concept?name={name}")["error"] in str(error.value)
     assert render(server) == plain and render(server, concepts=(HUGSY,)) == applied
 
 
@@ -236,7 +249,12 @@ def test_regions_paint_each_concept_in_one_pass_and_leave_no_trace(server):
     assert again == painted
 
 
-def test_global_lock_runs_and_differs_from_local(server):
+def test_global_lock_keys_are_those_of_the_superclass_prompt(server):
+    """Globally locked, K reads the prompt encoded with the superclass word in the concept word's place: the keys are
+    the unpatched model's for the superclass prompt (the negative prompt is its own). Locally locked they are not."""
+    reference = keys(server, prompt=SUPERCLASS_PROMPT)
+    assert torch.equal(keys(server, prompt=PROMPT, concepts=({**HUGSY, "lock": "global"},)), reference)
+    assert not torch.allclose(keys(server, prompt=PROMPT, concepts=(HUGSY,)), reference)
     local = render(server, concepts=(HUGSY,))
     assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.5},)) != local
     assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.7},)) != local

@@ -50,10 +50,11 @@ MODEL_STAGES = ("loras", "concepts", "hypernetwork")
 def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, steps: int = 4, size: int = 64,
                  loras: tuple[str, ...] = (), concepts: tuple[dict, ...] = (), order: tuple[str, ...] = MODEL_STAGES,
                  hypernetwork: bool = False, controlnet: bool = False, negative: str = "", save: bool = True,
-                 checkpoint: str = CHECKPOINT, sdxl: bool = False, clip_skip: int = 1) -> dict:
+                 checkpoint: str = CHECKPOINT, sdxl: bool = False, clip_skip: int = 1, keys: str = "") -> dict:
     """Checkpoint (or, with `sdxl`, the SDXL UNet, CLIP pair and VAE files; `clip_skip` as A1111 counts it) → LoRAs,
-    Apply Perfusion nodes and the test hypernetwork (each stage if asked for, in `order`) → encode (→ the test
-    ControlNet on a flat hint image) → KSampler → decode → save."""
+    Apply Perfusion nodes and the test hypernetwork (each stage if asked for, in `order`) (→ with `keys`, the test node
+    that saves the first cross-attention layer's keys there) → encode (→ the test ControlNet on a flat hint image) →
+    KSampler → decode → save."""
     if sdxl:
         g: dict[str, dict] = {
             "unet": {"class_type": "UNETLoader",
@@ -109,6 +110,9 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
     stages = {"loras": add_loras, "concepts": add_concepts, "hypernetwork": add_hypernetwork}
     for stage in order:
         stages[stage]()
+    if keys:
+        g["keys"] = {"class_type": "PerfusionTestKeys", "inputs": {"model": model, "path": keys}}
+        model = ["keys", 0]
     g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt}}
     g["neg"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": negative}}
     positive, negative_cond = ["pos", 0], ["neg", 0]
@@ -204,6 +208,16 @@ def render(server: ComfyServer, **kwargs) -> str:
     graph["save"]["inputs"]["filename_prefix"] = f"t{next(_outputs)}"  # a new output: the graph re-executes
     entry = server.run(graph)
     return hashlib.sha256(server.images(entry, "save")[0]).hexdigest()
+
+
+def keys(server: ComfyServer, **kwargs) -> torch.Tensor:
+    """The keys of the first cross-attention layer in the first UNet call of `render(server, **kwargs)`: K after its
+    projection, with every patch of the graph applied."""
+    from safetensors.torch import load_file
+
+    path = server.base / "output" / f"keys-{next(_outputs)}.safetensors"
+    render(server, keys=str(path), **kwargs)
+    return load_file(path)["keys"]
 
 
 def fresh(server: ComfyServer, **kwargs) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_NAME = "perfusion"
+TEST_PACKS = {"perfusion_test_keys": Path(__file__).resolve().with_name("keys_probe")}  # test-only nodes
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,10 @@ class ComfyServer:
                  for folder in {*SD1_FILES, *SDXL_FILES}}
         for sub in ("custom_nodes", "models/perfusion", "input", "output", *(f"models/{folder}" for folder in files)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
-        link = self.base / "custom_nodes" / PACK_NAME
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
+        for name, folder in {PACK_NAME: REPO, **TEST_PACKS}.items():
+            link = self.base / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(folder, target_is_directory=True)
         models = test_checkpoint(self.tree, self.sdxl)
         for folder, names in files.items():
             for name in names:
