@@ -20,6 +20,7 @@ from perfusion_core import PatchHandle
 from perfusion_core.global_lock import SuperclassTwins
 from perfusion_core.patch import superclass_input
 from perfusion_core.words import mentions, to_superclass
+from perfusion_core.wrapping import MethodWrap
 
 METHOD = "get_learned_conditioning"
 
@@ -36,7 +37,7 @@ class SuperclassContexts:
         self.handle: PatchHandle | None = None
         self.context: Tensor | None = None  # what globally locked K projections read in the current UNet call
         self._keys: Callable[[Tensor], Tensor] | None = None
-        self._sd_model = self._wrapper = self._replaced = None
+        self._wrap: MethodWrap | None = None
         self._hook = None
 
     def install(self, sd_model, unet: nn.Module, handle: PatchHandle | None, words: dict[str, str],
@@ -48,18 +49,13 @@ class SuperclassContexts:
         if words != self.words:
             self.twins.clear()
         self.words, self.handle, self._keys = words, handle, keys
-        self._sd_model, self._replaced = sd_model, vars(sd_model).get(METHOD)  # another extension's wrapper
-        self._wrapper = self._encoding(getattr(sd_model, METHOD))
-        setattr(sd_model, METHOD, self._wrapper)
+        self._wrap = MethodWrap(sd_model, METHOD, self._encoding)
         self._hook = unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
 
     def remove(self) -> None:
-        if self._sd_model is not None and vars(self._sd_model).get(METHOD) is self._wrapper:
-            if self._replaced is None:
-                delattr(self._sd_model, METHOD)  # the model's own method shows again
-            else:
-                setattr(self._sd_model, METHOD, self._replaced)
-        self._sd_model = self._wrapper = self._replaced = None
+        if self._wrap is not None:
+            self._wrap.remove()
+            self._wrap = None
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
