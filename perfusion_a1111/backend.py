@@ -70,10 +70,20 @@ def text_models(sd_model) -> list:
     return [m for m in getattr(encoder, "embedders", [encoder]) if hasattr(m, "encode_embedding_init_text")]
 
 
+def forge_token_table(engine) -> Tensor:
+    """The input-embedding table of one of Forge's text-processing engines, read directly as Forge's training reads
+    it."""
+    return engine.text_encoder.transformer.text_model.embeddings.token_embedding.wrapped.weight
+
+
 def check_embeddings(concept: Concept, sd_model) -> None:
     """Refuse a concept whose word embeddings do not fit this model's text encoders."""
-    with torch.no_grad():
-        widths = [int(m.encode_embedding_init_text(",", 1).shape[-1]) for m in text_models(sd_model)]
+    models = text_models(sd_model)
+    if not has_cond_stage_model(sd_model):  # Forge
+        widths = [int(forge_token_table(engine).shape[-1]) for engine in models]
+    else:
+        with torch.no_grad():
+            widths = [int(model.encode_embedding_init_text(",", 1).shape[-1]) for model in models]
     check_embedding_widths(concept, widths, "this model")
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from perfusion_core import PerfusionError
 from perfusion_core.objective import DiffusionObjective
 
+from . import backend
 from .host import A1111Host
 
 
@@ -52,8 +53,7 @@ class ForgeHost(A1111Host):
         return self.sd_model.forge_objects.unet.model.computation_dtype
 
     def _input_embedding(self, model, word: str) -> Tensor:
-        table = model.text_encoder.transformer.text_model.embeddings.token_embedding.wrapped.weight
-        return table[model.tokenize([word])[0][0]]
+        return backend.forge_token_table(model)[model.tokenize([word])[0][0]]
 
     def _conditioning(self, batch: SdConditioning) -> Tensor | dict[str, Tensor]:
         # Forge's method runs under inference mode; its body, with gradients, reaching the word's embedding
