@@ -150,11 +150,11 @@ class ComfyHost:
         """Prompts encoded as sampling encodes them; the trigger word reads `embeddings` (None: never used)."""
         if embeddings is not None:
             self._word.embeddings = embeddings
-        if embeddings is not None and torch.is_grad_enabled():
-            # once per training micro-step (the trainer encodes, then predicts); the first also unloads the VAE,
-            # whose latents are cached
-            self._loaded(memory_required=0 if self._training else 1e20)
-            self._training = True
+            if torch.is_grad_enabled():
+                # once per training micro-step (the trainer encodes, then predicts); the first also unloads the VAE,
+                # whose latents are cached
+                self._loaded(memory_required=0 if self._training else 1e20)
+                self._training = True
         tokens = [self._tokens(p) for p in prompts]
         context = self._encode_chunks(tokens).reshape(len(prompts), -1, self._context_dim).to(self.device)
         extra = {}

@@ -89,9 +89,12 @@ def as_uses(items: Iterable[UseLike]) -> list[ConceptUse]:
 
 
 def _same_settings(a: ConceptUse, b: ConceptUse) -> bool:
-    regions = a.region is b.region or (a.region is not None and b.region is not None
-                                       and a.region.shape == b.region.shape and torch.equal(a.region, b.region))
-    return regions and _settings(a) == _settings(b)
+    """The same gate, lock and region (a region's weight counts only with a region)."""
+    if (a.beta, a.tau, a.strength, a.lock) != (b.beta, b.tau, b.strength, b.lock):
+        return False
+    if a.region is None or b.region is None:
+        return a.region is b.region
+    return a.region_weight == b.region_weight and a.region.shape == b.region.shape and torch.equal(a.region, b.region)
 
 
 def _settings(use: ConceptUse) -> str:

@@ -261,8 +261,7 @@ def eval_scenes(n: int, stage: int) -> list[world.Scene]:
 def pseudo_eval(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int) -> dict[str, float]:
     """Probe accuracy of samples for fixed prompts that name objects by pseudo-words: `pseudo_all` for n one-object
     prompts, `pseudo_second` for n/2 pairs with the pseudo-word named second, `pseudo_both` for n/2 with two."""
-    lexicon = world.pseudo_lexicon()
-    names = sorted(lexicon)
+    names = sorted(world.pseudo_lexicon())
     rng = world.scene_rng(12345, 5)
     out = {}
     for key, count, named in (("pseudo_all", n, (True,)), ("pseudo_second", n // 2, (False, True)),
@@ -273,10 +272,7 @@ def pseudo_eval(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int) -> dict[str
             if len(s.objects) != len(named):
                 continue
             words = tuple(names[rng.integers(len(names))] if p else None for p in named)
-            objects = tuple(o if w is None else world.Obj(lexicon[w].shape, lexicon[w].colour, o.position, o.dx, o.dy,
-                                                          lexicon[w].pattern, lexicon[w].colour2)
-                            for o, w in zip(s.objects, words, strict=True))
-            scenes.append(world.Scene(objects, s.background))
+            scenes.append(world.named_by(s, words))
             captions.append(world.caption(scenes[-1], words))
         acc = toyprobe.score(probe, generate(m, captions, list(range(count))).cpu(), scenes)
         out[key] = acc["all" if len(named) == 1 else "pair"]

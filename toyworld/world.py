@@ -302,17 +302,18 @@ def batch(
 
 def _pseudo_named(scene: Scene, rng: np.random.Generator, p: float) -> tuple[Scene, tuple[str | None, ...]]:
     """`scene` with each object, with probability `p`, given a random pseudo-word's look; and the words."""
+    names = list(pseudo_lexicon())
+    words = tuple(names[rng.integers(len(names))] if rng.random() < p else None for _ in scene.objects)
+    return named_by(scene, words), words
+
+
+def named_by(scene: Scene, words: tuple[str | None, ...]) -> Scene:
+    """`scene` with object i given the look of the pseudo-word `words[i]` (where not None), at its own place."""
     lexicon = pseudo_lexicon()
-    names = list(lexicon)
-    objects, words = [], []
-    for o in scene.objects:
-        word = names[rng.integers(len(names))] if rng.random() < p else None
-        if word is not None:
-            look = lexicon[word]
-            o = replace(o, shape=look.shape, colour=look.colour, pattern=look.pattern, colour2=look.colour2)
-        objects.append(o)
-        words.append(word)
-    return Scene(tuple(objects), scene.background), tuple(words)
+    objects = tuple(o if w is None else replace(o, shape=lexicon[w].shape, colour=lexicon[w].colour,
+                                                pattern=lexicon[w].pattern, colour2=lexicon[w].colour2)
+                    for o, w in zip(scene.objects, words, strict=True))
+    return Scene(objects, scene.background)
 
 
 @dataclass(frozen=True)
