@@ -6,6 +6,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .apply import ApplyPerfusion, PerfusionGateSweep
 from .concepts import register_folder
+from .images import LoadPerfusionTrainingImages
 from .loader import LoadPerfusionConcept
 from .routes import register_routes
 from .train import TrainPerfusion
@@ -16,7 +17,7 @@ register_routes()
 
 class PerfusionExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadPerfusionConcept, ApplyPerfusion, PerfusionGateSweep, TrainPerfusion]
+        return [LoadPerfusionConcept, ApplyPerfusion, PerfusionGateSweep, TrainPerfusion, LoadPerfusionTrainingImages]
 
 
 async def comfy_entrypoint() -> PerfusionExtension:

@@ -40,7 +40,8 @@ def _inputs() -> list:
                                       "you will sample with it."),
         io.Vae.Input("vae", tooltip="The checkpoint's VAE, to encode the training images."),
         io.Image.Input("images", tooltip="3–8 photos of the concept, all of one size (512×512 for SD1.x, 1024 for "
-                                         "SDXL); sides are cropped to a multiple of 8."),
+                                         "SDXL), e.g. from Load Perfusion Training Images; sides are cropped to a "
+                                         "multiple of 8."),
         io.String.Input("word", default="hugsy", tooltip="The trigger word to learn: a new made-up word, "
                                                          "used in prompts after Apply Perfusion."),
         io.String.Input("superclass", default="teddy", tooltip="What the concept is, as one common word "

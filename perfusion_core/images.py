@@ -87,6 +87,11 @@ def data_url(image: Tensor, max_side: int = 256) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The training images of `folder`, sorted (previews written beside them left out)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and ".preview" not in p.name)
+
+
 def load_image_folder(folder: str | os.PathLike, resolution: int) -> tuple[Tensor, Tensor | None]:
     """Images of a folder as `(N, 3, R, R)` in [0, 1], and masks `(N, R, R)` from alpha channels (or None).
 
@@ -98,7 +103,7 @@ def load_image_folder(folder: str | os.PathLike, resolution: int) -> tuple[Tenso
     folder = Path(folder)
     if not folder.is_dir():
         raise TrainingError(f"image folder {folder} does not exist: give a folder of training images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and ".preview" not in p.name)
+    files = image_files(folder)
     if not files:
         raise TrainingError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}: add 3-8 photos of the concept")
     images, masks, any_alpha = [], [], False

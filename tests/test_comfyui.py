@@ -189,9 +189,9 @@ def _apply_graph(**inputs) -> dict:
 
 
 def _train_graph(server, **inputs) -> dict:
-    from harness.comfy.graphs import train_graph, write_training_images
+    from harness.comfy.graphs import train_graph, training_folder
 
-    graph = train_graph(write_training_images(server.base / "input"), "refused", steps=1, preview_every=1)
+    graph = train_graph(training_folder(server.base / "input"), "refused", steps=1, preview_every=1)
     graph["train"]["inputs"].update(inputs)
     return graph
 
@@ -291,10 +291,48 @@ def test_loader_route_describes_a_concept(server):
 
 
 @pytest.fixture(scope="module")
-def training_images(server) -> list[str]:
-    from harness.comfy.graphs import write_training_images
+def training_images(server) -> str:
+    from harness.comfy.graphs import training_folder
 
-    return write_training_images(server.base / "input")
+    return training_folder(server.base / "input")
+
+
+def test_training_images_load_a_folder_of_any_sizes_as_square_crops_with_alpha_masks(server):
+    from PIL import Image
+
+    folder = server.base / "input" / "photos" / "mixed"
+    folder.mkdir(parents=True)
+    wide = Image.new("RGB", (192, 128), (0, 255, 0))  # green, with red and blue sides that the crop cuts off
+    wide.paste((255, 0, 0), (0, 0, 32, 128))
+    wide.paste((0, 0, 255), (160, 0, 192, 128))
+    wide.save(folder / "a.jpg", quality=100)
+    tall = Image.new("RGBA", (128, 256), (255, 255, 255, 255))
+    tall.paste((255, 255, 255, 0), (0, 0, 64, 256))  # transparent left half
+    tall.save(folder / "b.png")
+    (server.base / "input" / "empty").mkdir()
+    info = server.get("/object_info/PerfusionTrainingImages")["PerfusionTrainingImages"]["input"]["required"]
+    assert "photos/mixed" in info["folder"][1]["options"] and "empty" not in info["folder"][1]["options"]
+
+    graph = {"images": {"class_type": "PerfusionTrainingImages", "inputs": {"folder": "photos/mixed",
+                                                                              "resolution": 64}},
+             "mask": {"class_type": "MaskToImage", "inputs": {"mask": ["images", 1]}},
+             "save_images": {"class_type": "SaveImage", "inputs": {"images": ["images", 0],
+                                                                   "filename_prefix": "crops"}},
+             "save_mask": {"class_type": "SaveImage", "inputs": {"images": ["mask", 0], "filename_prefix": "mask"}}}
+    entry = server.run(graph)
+    crops = [torch.frombuffer(bytearray(b), dtype=torch.uint8).view(64, 64, 3).float()
+             for b in server.images(entry, "save_images")]
+    masks = [torch.frombuffer(bytearray(b), dtype=torch.uint8).view(64, 64, 3)[..., 0].float() / 255
+             for b in server.images(entry, "save_mask")]
+    assert len(crops) == 2 and len(masks) == 2
+    assert (crops[0][..., 1] > 200).all() and (crops[0][..., [0, 2]] < 60).all()  # the wide photo's centre only
+    assert (masks[0] == 1).all()  # no alpha: the whole photo
+    assert masks[1][:, :30].max() == 0 and masks[1][:, 34:].min() == 1  # the tall photo's alpha, cropped
+
+    (folder / "c.png").write_bytes(b"not a png")
+    with pytest.raises(ComfyError) as error:
+        server.run(graph)
+    assert "cannot read image c.png" in str(error.value) and "Traceback" not in str(error.value)
 
 
 def test_train_writes_a_concept_that_the_loader_reads(server, training_images):
@@ -375,12 +413,12 @@ def test_cancel_saves_the_steps_done_and_leaves_the_model_as_it_was(server, trai
 def test_example_workflow_runs_on_the_test_checkpoint(server, training_images, name):
     import json
 
-    from harness.comfy.workflows import DEPRECATED_ALLOWED, EXAMPLES, for_test, to_api
+    from harness.comfy.workflows import EXAMPLES, for_test, to_api
 
     workflow = json.loads((EXAMPLES / f"{name}.json").read_text())
     assert (EXAMPLES / f"{name}.jpg").stat().st_size > 1000
     info = server.get("/object_info")
-    deprecated = {n["type"] for n in workflow["nodes"] if info[n["type"]].get("deprecated")} - DEPRECATED_ALLOWED
+    deprecated = {n["type"] for n in workflow["nodes"] if info[n["type"]].get("deprecated")}
     assert not deprecated, f"{name} uses nodes this ComfyUI marks deprecated: {sorted(deprecated)}"
     graph = for_test(to_api(workflow, info))
     entry = server.run(graph)

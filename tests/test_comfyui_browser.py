@@ -46,8 +46,9 @@ pytestmark = [
 ]
 
 LOADER, APPLY, SWEEP, TRAIN = "PerfusionLoadConcept", "PerfusionApply", "PerfusionGateSweep", "PerfusionTrain"
+IMAGES = "PerfusionTrainingImages"
 TITLES = {LOADER: "Load Perfusion Concept", APPLY: "Apply Perfusion", SWEEP: "Perfusion Gate Sweep",
-          TRAIN: "Train Perfusion"}
+          TRAIN: "Train Perfusion", IMAGES: "Load Perfusion Training Images"}
 # The widgets of each node, in order: the inputs nodes/ declares as widgets, what the front end adds itself
 # (a control after an INT named `seed`, unless the node declines it as Train does) and the DOM widgets web/*.js
 # adds (the concept's preview and metadata on the loader, the loss chart and latest preview on the trainer).
@@ -58,6 +59,7 @@ WIDGETS = {
     SWEEP: ["betas", "tau", "strength", "lock"],
     TRAIN: ["word", "superclass", "name", "steps", "lr_target", "lr_embedding", "batch_size", "seed", "beta", "tau",
             "preview_every", "save_every", "resume", "caption_count", "gradient_checkpointing", "training"],
+    IMAGES: ["folder", "resolution"],
 }
 DOM_WIDGETS = {LOADER: ("concept_info", "perfusion_info"), TRAIN: ("training", "perfusion_train")}
 OUR_FILES = ("perfusion.js", "perfusion-train.js")
@@ -199,14 +201,17 @@ BUILD_GRAPH = """() => {
   const apply = add("PerfusionApply", [400, 40]);
   const sweep = add("PerfusionGateSweep", [400, 40 + apply.size[1] + 100]);  // below Apply in either renderer
   const train = add("PerfusionTrain", [780, 40]);
+  const images = add("PerfusionTrainingImages", [400, 40 + apply.size[1] + sweep.size[1] + 200]);
   for (const target of [apply, sweep, train]) { link(ckpt, 0, target, "model"); link(ckpt, 1, target, "clip"); }
   link(ckpt, 2, train, "vae");
+  link(images, 0, train, "images");
+  link(images, 1, train, "mask");
   link(load, 0, apply, "concept");
   link(load, 0, sweep, "concept");
   app.canvas.ds.scale = 0.9;
   app.canvas.ds.offset = [80, 100];  // clear of the menu bar and the side bar
   app.graph.setDirtyCanvas(true, true);
-  return Object.fromEntries([load, apply, sweep, train].map((n) => [n.type, {
+  return Object.fromEntries([load, apply, sweep, train, images].map((n) => [n.type, {
     id: n.id, title: n.title,
     widgets: (n.widgets ?? []).map((w) => ({name: w.name, type: w.type,
                                             value: typeof w.value === "object" ? null : w.value})),
@@ -254,7 +259,7 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
     assert {f"/extensions/{PACK_NAME}/{f}" for f in OUR_FILES} <= set(extensions), extensions
     p = page.page
     registered = p.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
-    assert {LOADER, APPLY, SWEEP, TRAIN} <= set(registered), [t for t in registered if "erfusion" in t]
+    assert set(TITLES) <= set(registered), [t for t in registered if "erfusion" in t]
     names = p.evaluate("() => app.extensions.map((e) => e.name)")
     assert {"perfusion.nodes", "perfusion.train"} <= set(names), names
 
@@ -350,9 +355,9 @@ LISTEN = """() => {
 def test_training_shows_live_previews_through_comfyuis_own_preview(server, page):
     """A real Train Perfusion run queued for this page: each preview reaches it as ComfyUI's own node preview
     (the binary preview messages KSampler's previews use) as well as in the node's perfusion.train messages."""
-    from harness.comfy.graphs import train_graph, write_training_images
+    from harness.comfy.graphs import train_graph, training_folder
 
-    images = write_training_images(server.base / "input")
+    images = training_folder(server.base / "input")
     p = page.page
     client_id = p.evaluate(LISTEN)
     # a name per renderer: ComfyUI would answer the same graph again from its cache, without running it

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from harness.a1111_server import running_webui, webui_host
-from harness.comfy.graphs import render, train_graph, write_training_images
+from harness.comfy.graphs import render, train_graph, training_folder, write_training_images
 from harness.comfy.server import cache_dir, comfyui_tree, running_server
 from harness.sd15 import NAME, SIZE, shared_model
 from perfusion_core import cross_attention_layers, load_concept, load_perfusion, unload_perfusion
@@ -85,7 +85,7 @@ def _train_cli(folder: Path, images: Path, out: Path) -> None:
 
 
 def _train_comfyui(server) -> Path:
-    server.run(train_graph(write_training_images(server.base / "input"), WORDS["comfyui"], steps=STEPS,
+    server.run(train_graph(training_folder(server.base / "input"), WORDS["comfyui"], steps=STEPS,
                            preview_every=STEPS, batch_size=1, checkpoint=f"{NAME}.safetensors", word=WORDS["comfyui"],
                            superclass=RECORD["superclass"]))
     return server.perfusion_dir / f"{WORDS['comfyui']}.safetensors"

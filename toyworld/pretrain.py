@@ -39,7 +39,7 @@ from toyworld.sample import generate
 RUN_KEYS = (
     "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
-    "text_attention_scale", "colourless", "init_from", "pseudo",
+    "text_attention_scale", "colourless", "init_from", "pseudo", "place_first",
 )
 FEW_POSITIONS = ("left", "right")
 
@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="probability of leaving an object's colour out of its caption (a bare shape word)")
     ap.add_argument("--pseudo", type=float, default=0.0,
                     help="probability of naming an object by a pseudo-word bound to its look (stage 3 on)")
+    ap.add_argument("--place-first", type=float, default=None,
+                    help=f"share of captions naming each object's place before it (stage 4 on; default "
+                         f"{world.PLACE_FIRST})")
     ap.add_argument("--t-power", type=float, default=0.5, help="t = 999 u^p; p < 1 favours high noise")
     ap.add_argument("--t-uniform", type=float, default=0.3, help="fraction of timesteps drawn uniformly instead")
     ap.add_argument("--snr-weight", choices=("minsnr", "minsnr1", "none"), default="minsnr1",
@@ -175,7 +178,7 @@ class Run:
         cfg = self.cfg
         positions = FEW_POSITIONS if step < cfg["few_positions_until"] else None
         return (cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions, cfg.get("colourless", 0.0), True,
-                cfg.get("pseudo", 0.0))
+                cfg.get("pseudo", 0.0), cfg.get("place_first"))
 
     def train_step(self) -> float:
         cfg, m = self.cfg, self.model
@@ -258,9 +261,18 @@ def eval_scenes(n: int, stage: int) -> list[world.Scene]:
     return scenes
 
 
-def pseudo_eval(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int) -> dict[str, float]:
+def names_place_first(i: int, stage: int, share: float | None) -> bool:
+    """Whether evaluation prompt i names places first: none before stage 4, then every other one (all where the
+    run's captions all do)."""
+    share = world.PLACE_FIRST if share is None else share
+    return stage >= 4 and share > 0 and (share >= 1 or i % 2 == 1)
+
+
+def pseudo_eval(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int = 3,
+                place_first: float | None = None) -> dict[str, float]:
     """Probe accuracy of samples for fixed prompts that name objects by pseudo-words: `pseudo_all` for n one-object
-    prompts, `pseudo_second` for n/2 pairs with the pseudo-word named second, `pseudo_both` for n/2 with two."""
+    prompts, `pseudo_second` for n/2 pairs with the pseudo-word named second, `pseudo_both` for n/2 with two;
+    places first as `names_place_first` says."""
     names = sorted(world.pseudo_lexicon())
     rng = world.scene_rng(12345, 5)
     out = {}
@@ -273,20 +285,19 @@ def pseudo_eval(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int) -> dict[str
                 continue
             words = tuple(names[rng.integers(len(names))] if p else None for p in named)
             scenes.append(world.named_by(s, words))
-            captions.append(world.caption(scenes[-1], words))
+            captions.append(world.caption(scenes[-1], words, names_place_first(len(captions), stage, place_first)))
         acc = toyprobe.score(probe, generate(m, captions, list(range(count))).cpu(), scenes)
         out[key] = acc["all" if len(named) == 1 else "pair"]
     return out
 
 
 def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, bare: bool = False,
-             pseudo: bool = False) -> dict[str, float]:
+             pseudo: bool = False, place_first: float | None = None) -> dict[str, float]:
     """Probe accuracy of samples (DDIM 20 steps, guidance 4, noise seeds 0..) for the fixed prompts; with `bare`,
     also of the one-object prompts with the colour left out (`bare_*`: shape, position, background, all three);
-    with `pseudo`, of prompts naming objects by pseudo-words (`pseudo_eval`)."""
+    with `pseudo`, of prompts naming objects by pseudo-words (`pseudo_eval`); `place_first` as the run's captions."""
     scenes = eval_scenes(n, stage)
-    # from stage 4 on, every other prompt names the places first
-    captions = [world.caption(s, place_first=stage >= 4 and i % 2 == 1) for i, s in enumerate(scenes)]
+    captions = [world.caption(s, place_first=names_place_first(i, stage, place_first)) for i, s in enumerate(scenes)]
     images = generate(m, captions, list(range(len(scenes))), steps=20, guidance=4.0)
     acc = toyprobe.score(probe, images.cpu(), scenes)
     if bare:
@@ -298,7 +309,7 @@ def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, ba
         acc |= {f"bare_{k}": float(v) for k, v in zip(keys, hits.mean(0), strict=True)}
         acc["bare_all"] = float(hits.all(1).mean())
     if pseudo:
-        acc |= pseudo_eval(m, probe, n)
+        acc |= pseudo_eval(m, probe, n, stage, place_first)
     return acc
 
 
@@ -377,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         if probe is not None and run.step % args.eval_every == 0:
             ema = run.ema_model()
             acc = evaluate(ema, probe, args.eval_prompts, run.cfg["stage"], bare=run.cfg.get("colourless", 0) > 0,
-                           pseudo=run.cfg.get("pseudo", 0) > 0)
+                           pseudo=run.cfg.get("pseudo", 0) > 0, place_first=run.cfg.get("place_first"))
             log({"step": run.step, "eval": acc, "train_seconds": round(run.train_seconds, 1)})
             print(f"step {run.step}: {acc}", flush=True)
             score = acc["all"] + acc.get("pair", 0.0) + acc.get("bare_all", 0.0) + sum(

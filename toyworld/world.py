@@ -272,13 +272,14 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 def batch(
     seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None,
-    colourless: float = 0.0, held_out: bool = True, pseudo: float = 0.0,
+    colourless: float = 0.0, held_out: bool = True, pseudo: float = 0.0, place_first: float | None = None,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes.
 
     With `colourless` > 0, each object's colour is left out of the caption with that probability ("a heart on
     the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does; a
-    textured object's texture goes with its colours. From stage 4 on, half of the captions name places first.
+    textured object's texture goes with its colours. From stage 4 on, a share `place_first` of the captions (default
+    `PLACE_FIRST`) name places first.
     With `pseudo` > 0, each object takes, with that probability, the look of a random pseudo-word, which names it
     (drawn from a stream of their own, so that the scenes' other draws stay those of runs without the option).
     `held_out` as in `random_scene`.
@@ -295,8 +296,9 @@ def batch(
     words = [tuple(n or (o.shape if rng.random() < colourless else None) for o, n in zip(s.objects, ns, strict=True))
              for s, ns in zip(scenes, named, strict=True)]
     # drawn after the words, so that the streams of earlier stages stay as they were
-    place_first = [stage >= 4 and rng.random() < PLACE_FIRST for _ in scenes]
-    captions = [caption(s, w, p) for s, w, p in zip(scenes, words, place_first, strict=True)]
+    share = PLACE_FIRST if place_first is None else place_first
+    first = [stage >= 4 and rng.random() < share for _ in scenes]
+    captions = [caption(s, w, p) for s, w, p in zip(scenes, words, first, strict=True)]
     return images.astype(np.float32), captions, list(scenes)
 
 

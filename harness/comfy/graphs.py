@@ -15,6 +15,7 @@ from perfusion_core.knobs import GATE
 from .server import ComfyServer
 
 CHECKPOINT = "tiny-sd15.safetensors"
+TRAINING_FOLDER = "concept"  # in ComfyUI's input directory
 SD1_FILES = {"checkpoints": (CHECKPOINT,), "diffusion_models": (CHECKPOINT,),  # UNETLoader reads a checkpoint's UNet
              "loras": ("tiny-lora-a.safetensors", "tiny-lora-b.safetensors"),
              "controlnet": ("tiny-controlnet.safetensors",), "hypernetworks": ("tiny-hypernetwork.pt",)}
@@ -149,7 +150,7 @@ def sweep_graph(betas: str, prefix: str, concept: str = "hugsy.safetensors", **s
 
 
 def write_training_images(folder: Path, count: int = 2, size: int = 64) -> list[str]:
-    """`count` seeded noise-and-shape PNGs (with an alpha channel marking the shape) for LoadImage."""
+    """`count` seeded noise-and-shape PNGs (with an alpha channel marking the shape) written into `folder`."""
     from PIL import Image, ImageDraw
 
     names = []
@@ -167,12 +168,21 @@ def write_training_images(folder: Path, count: int = 2, size: int = 64) -> list[
     return names
 
 
-def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, save_every: int = 0,
+def training_folder(input_dir: Path) -> str:
+    """Training images written into the folder `TRAINING_FOLDER` of ComfyUI's input directory; its name."""
+    (input_dir / TRAINING_FOLDER).mkdir(parents=True, exist_ok=True)
+    write_training_images(input_dir / TRAINING_FOLDER)
+    return TRAINING_FOLDER
+
+
+def train_graph(folder: str, name: str, steps: int = 5, seed: int = 0, save_every: int = 0,
                 preview_every: int = 5, resume: bool = False, caption_count: int = 64, batch_size: int = 4,
                 checkpoint: str = CHECKPOINT, compute_dtype: str | None = None,
-                weight_dtype: str | None = None, word: str = "hugsy", superclass: str = "teddy") -> dict:
+                weight_dtype: str | None = None, word: str = "hugsy", superclass: str = "teddy",
+                resolution: int = 64) -> dict:
     """Checkpoint (its UNet stored in `weight_dtype` through UNETLoader and computing in `compute_dtype`, if given) +
-    LoadImage × N (batched) → Train Perfusion → save the loss curve and previews."""
+    the input directory's `folder` of images (and their alpha as the mask) → Train Perfusion → save the loss curve
+    and previews."""
     g: dict[str, dict] = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
     model = ["ckpt", 0]
     if weight_dtype:
@@ -181,16 +191,10 @@ def train_graph(images: list[str], name: str, steps: int = 5, seed: int = 0, sav
     if compute_dtype:
         g["dtype"] = {"class_type": "ModelComputeDtype", "inputs": {"model": model, "dtype": compute_dtype}}
         model = ["dtype", 0]
-    batch = None
-    for k, image in enumerate(images):
-        g[f"img{k}"] = {"class_type": "LoadImage", "inputs": {"image": image}}
-        if batch is None:
-            batch = [f"img{k}", 0]
-        else:
-            g[f"batch{k}"] = {"class_type": "ImageBatch", "inputs": {"image1": batch, "image2": [f"img{k}", 0]}}
-            batch = [f"batch{k}", 0]
+    g["images"] = {"class_type": "PerfusionTrainingImages", "inputs": {"folder": folder, "resolution": resolution}}
     g["train"] = {"class_type": "PerfusionTrain", "inputs": {
-        "model": model, "clip": ["ckpt", 1], "vae": ["ckpt", 2], "images": batch, "word": word,
+        "model": model, "clip": ["ckpt", 1], "vae": ["ckpt", 2], "images": ["images", 0], "mask": ["images", 1],
+        "word": word,
         "superclass": superclass, "name": name, "steps": steps, "lr_target": 0.03, "lr_embedding": 0.006,
         "batch_size": batch_size, "seed": seed, "beta": 0.75, "tau": 0.1, "preview_every": preview_every,
         "save_every": save_every, "resume": resume, "caption_count": caption_count}}

@@ -11,15 +11,11 @@ from pathlib import Path
 
 from perfusion_core.captions import load_captions
 
-from .graphs import CHECKPOINT, sample_graph, sweep_graph, train_graph
+from .graphs import CHECKPOINT, TRAINING_FOLDER, sample_graph, sweep_graph, train_graph
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
 EXAMPLE_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# ComfyUI nodes the examples use although newer ComfyUIs mark them deprecated. ImageBatch alone: ComfyUI 0.7.0
-# deprecated it for BatchImagesNode, which ComfyUI 0.3.48, the oldest the pack supports, does not have, and no
-# other core node batches images on both.
-DEPRECATED_ALLOWED = {"ImageBatch"}
 
 
 def _inputs(info: dict) -> list[tuple[str, list]]:
@@ -111,8 +107,8 @@ def to_api(workflow: dict, object_info: dict) -> dict:
 
 def example_graphs() -> dict[str, dict]:
     """The API-format graphs behind each example workflow, on the usual SD1.5 checkpoint name."""
-    train = train_graph(["concept-0.png", "concept-1.png"], "my-concept", steps=400, preview_every=50,
-                        save_every=50, caption_count=len(load_captions()), checkpoint=EXAMPLE_CHECKPOINT)
+    train = train_graph("my-concept", "my-concept", steps=400, preview_every=50, save_every=50,
+                        caption_count=len(load_captions()), checkpoint=EXAMPLE_CHECKPOINT, resolution=512)
     sweep = sweep_graph("0.5, 0.6, 0.7, 0.8", "gate-sweep", prompt="a photo of hugsy on the beach", steps=20,
                         size=512, checkpoint=EXAMPLE_CHECKPOINT)
     two = sample_graph(prompt="a photo of hugsy and wugsy in a garden", steps=20, size=512,
@@ -135,6 +131,8 @@ def for_test(graph: dict) -> dict:
         inputs = node["inputs"]
         if inputs.get("ckpt_name") == EXAMPLE_CHECKPOINT:
             inputs["ckpt_name"] = CHECKPOINT
+        if node["class_type"] == "PerfusionTrainingImages":
+            inputs.update(folder=TRAINING_FOLDER, resolution=64)
         if node["class_type"] == "PerfusionTrain":
             inputs.update(steps=2, preview_every=2, save_every=0, caption_count=64, name="example-run")
         if node["class_type"] == "KSampler":
