@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ from perfusion_core.patch import PaintedAttention
 from perfusion_core.regions import RegionPainter, named_region
 from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
+from toyworld import model as toy_model
 from toyworld import probe as toy_probe
 
 RESULTS = Path(__file__).with_name("results")
@@ -75,19 +77,22 @@ class EvalScene:
 
     scene: world.Scene
     seed: int
+    place_first: bool = False  # the model's grammar (`toyworld.model.places_first`)
 
-    def prompt(self, word: str) -> str:
-        return world.caption(self.scene, (word, None)[: len(self.scene.objects)])
+    def prompt(self, *words: str) -> str:
+        """The scene's caption, its first objects named by `words`."""
+        named = words + (None,) * (len(self.scene.objects) - len(words))
+        return world.caption(self.scene, named, self.place_first)
 
 
-def eval_scenes(concept: world.Concept) -> list[EvalScene]:
+def eval_scenes(concept: world.Concept, place_first: bool = False) -> list[EvalScene]:
     """One-object scenes at every place on every background, and scenes with an ordinary second object."""
     scenes = [world.concept_scene(concept, p, bg) for p in world.POSITIONS for bg in world.BACKGROUNDS]
     for k, (first, second) in enumerate(world.PAIRS):
         for j, background in enumerate(world.BACKGROUNDS):
             shape, colour = SECOND_OBJECTS[(k + j) % len(SECOND_OBJECTS)]
             scenes.append(world.concept_scene(concept, first, background, second=world.Obj(shape, colour, second)))
-    return [EvalScene(scene, seed) for scene in scenes for seed in SEEDS]
+    return [EvalScene(scene, seed, place_first) for scene in scenes for seed in SEEDS]
 
 
 class Scorer:
@@ -262,7 +267,8 @@ def composed(host: DiffusersHost, first: Method, second: Method) -> AbstractCont
     return None if first.trained.deltas else nullcontext()
 
 
-def pair_scenes(names: tuple[str, str] = FRONT_CONCEPTS, seeds: tuple[int, ...] = PAIR_SEEDS) -> list[EvalScene]:
+def pair_scenes(names: tuple[str, str] = FRONT_CONCEPTS, seeds: tuple[int, ...] = PAIR_SEEDS,
+                place_first: bool = False) -> list[EvalScene]:
     """Two concepts, named in the order of `names`, at each pair of places (left/right, top/bottom, both ways) on
     each background."""
     first, second = (world.CONCEPTS[name] for name in names)
@@ -271,11 +277,12 @@ def pair_scenes(names: tuple[str, str] = FRONT_CONCEPTS, seeds: tuple[int, ...] 
         for background in world.BACKGROUNDS:
             one = world.concept_scene(first, a, background).objects[0]
             two = world.concept_scene(second, b, background).objects[0]
-            scenes += [EvalScene(world.Scene((one, two), background), seed) for seed in seeds]
+            scenes += [EvalScene(world.Scene((one, two), background), seed, place_first) for seed in seeds]
     return scenes
 
 
-def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method], names: tuple[str, str]) -> dict:
+def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method], names: tuple[str, str],
+                place_first: bool = False) -> dict:
     """Two Perfusion concepts at β 0.7 in one prompt, in both orders of naming: both present, each one's own
     presence alone in one-object prompts at the same places, backgrounds and seeds (p₁, p₂), the composition
     efficiency both / (p₁·p₂), and prompt fidelity (an object at each prompted place, the background right)."""
@@ -283,18 +290,18 @@ def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method]
         host.install_word(concepts[name].word, concepts[name].embeddings)
     out = {}
     for order in (names, names[::-1]):
-        scenes = pair_scenes(order, COMPOSITION_SEEDS)
+        scenes = pair_scenes(order, COMPOSITION_SEEDS, place_first)
         methods = [concepts[name] for name in order]
         looks = tuple(world.CONCEPTS[name] for name in order)
         seeds = [s.seed for s in scenes]
         with patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU) for m in methods]):
-            images = host.sample([world.caption(s.scene, tuple(m.word for m in methods)) for s in scenes], seeds)
+            images = host.sample([s.prompt(*(m.word for m in methods)) for s in scenes], seeds)
         readings = toy_probe.read(scorer.probe, images * 2 - 1)
         placed = [r["background"] == s.scene.background and all(o.position in r["objects"] for o in s.scene.objects)
                   for r, s in zip(readings, scenes, strict=True)]
         own = []
         for k, (method, look) in enumerate(zip(methods, looks, strict=True)):
-            alone = [EvalScene(world.Scene((s.scene.objects[k],), s.scene.background), s.seed) for s in scenes]
+            alone = [replace(s, scene=world.Scene((s.scene.objects[k],), s.scene.background)) for s in scenes]
             with patch_unet(host.unet, [ConceptUse(method.trained, 0.7, TAU)]):
                 single = host.sample([s.prompt(method.word) for s in alone], seeds)
             own.append(scorer.both_present(single, alone, (look,)))
@@ -305,14 +312,15 @@ def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method]
     return out
 
 
-def compositions(host: DiffusersHost, scorer: Scorer, trained: dict[str, list[Method]], steps: int, work: Path
-                 ) -> dict[str, dict]:
+def compositions(host: DiffusersHost, scorer: Scorer, trained: dict[str, list[Method]], steps: int, work: Path,
+                 place_first: bool = False) -> dict[str, dict]:
     """`composition` of each of `COMPOSITION_PAIRS`, with the Perfusion concepts of `trained` and the others trained
     here."""
     perfusion = {name: m for name, methods in trained.items() for m in methods if m.name == "perfusion"}
     for name in sorted({n for pair in COMPOSITION_PAIRS for n in pair} - set(perfusion)):
-        perfusion[name] = train_methods(host, name, demo.training_data(name), steps, work, only=("perfusion",))[0]
-    return {" + ".join(pair): composition(host, scorer, perfusion, pair) for pair in COMPOSITION_PAIRS}
+        data = demo.training_data(name, place_first=place_first)
+        perfusion[name] = train_methods(host, name, data, steps, work, only=("perfusion",))[0]
+    return {" + ".join(pair): composition(host, scorer, perfusion, pair, place_first) for pair in COMPOSITION_PAIRS}
 
 
 def composition_table(rows: dict[str, dict]) -> str:
@@ -372,7 +380,7 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, Method], scenes: 
     for k, s in enumerate(scenes):
         layouts.setdefault(tuple(o.position for o in s.scene.objects), []).append(k)
     for places, index in layouts.items():
-        prompts = [world.caption(scenes[k].scene, tuple(m.word for m in methods)) for k in index]
+        prompts = [scenes[k].prompt(*(m.word for m in methods)) for k in index]
         with painted(host, methods, places, weight, gates, lock) as handle:
             if superclasses:
                 handle.set_superclass_context(host.superclass_context(prompts, superclasses))
@@ -381,11 +389,11 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, Method], scenes: 
 
 
 def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str, Method]],
-                datas: tuple[TrainingData, TrainingData]) -> dict:
+                datas: tuple[TrainingData, TrainingData], place_first: bool = False) -> dict:
     """Two concepts painted left/right (or top/bottom) in one pass: both present where painted, by region weight, for
     Perfusion (keys locked locally and globally) and textual inversion (weight 0: no regions); and the time of a
     painted pass over an unpainted one."""
-    scenes = pair_scenes()
+    scenes = pair_scenes(place_first=place_first)
     concepts = tuple(world.CONCEPTS[name] for name in FRONT_CONCEPTS)
     row: dict = {}
     for name in REGION_ROWS:
@@ -405,11 +413,11 @@ def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str
     return row
 
 
-def model_accuracy(host: DiffusersHost, scorer: Scorer, n: int = 100) -> dict[str, float]:
+def model_accuracy(host: DiffusersHost, scorer: Scorer, n: int = 100, place_first: bool = False) -> dict[str, float]:
     """Probe scores of the toy model's own samples for `n` one-object prompts, half of them textured (fixed seeds)."""
     rng = world.scene_rng(7, 0)
     scenes = [s for s in (world.random_scene(rng, stage=3) for _ in range(4 * n)) if len(s.objects) == 1][:n]
-    images = host.sample([world.caption(s) for s in scenes], list(range(5000, 5000 + n)))
+    images = host.sample([world.caption(s, place_first=place_first) for s in scenes], list(range(5000, 5000 + n)))
     return toy_probe.score(scorer.probe, images * 2 - 1, scenes)
 
 
@@ -488,9 +496,9 @@ def _mean_points(per_concept: list[list[dict]]) -> list[dict]:
 
 
 def evaluate(host: DiffusersHost, scorer: Scorer, methods: list[Method], concept: world.Concept,
-             shown: list[int]) -> tuple[dict[str, list[dict]], dict[str, torch.Tensor]]:
+             shown: list[int], place_first: bool = False) -> tuple[dict[str, list[dict]], dict[str, torch.Tensor]]:
     """Every method at every knob on the concept's evaluation scenes; also the samples at `shown`."""
-    scenes = eval_scenes(concept)
+    scenes = eval_scenes(concept, place_first)
     points, samples = {}, {}
     for method in methods:
         points[method.name] = []
@@ -502,11 +510,11 @@ def evaluate(host: DiffusersHost, scorer: Scorer, methods: list[Method], concept
     return points, samples
 
 
-def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, Method]]
+def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, Method]], place_first: bool = False
                  ) -> tuple[dict[str, float], torch.Tensor | None]:
     """Both-present rate per method for prompts naming two separately trained concepts, and Perfusion's
     samples (one per scene, seed 0)."""
-    scenes = pair_scenes()
+    scenes = pair_scenes(place_first=place_first)
     first, second = (world.CONCEPTS[name] for name in FRONT_CONCEPTS)
     rates: dict[str, float] = {}
     shown = None
@@ -517,7 +525,7 @@ def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, 
         host.install_word(a.word, a.embeddings)
         host.install_word(b.word, b.embeddings)
         with context:
-            images = host.sample([world.caption(s.scene, (a.word, b.word)) for s in scenes], [s.seed for s in scenes])
+            images = host.sample([s.prompt(a.word, b.word) for s in scenes], [s.seed for s in scenes])
         rates[a.name] = scorer.both_present(images, scenes, (first, second))
         if a.name == "perfusion":
             shown = images[:: len(PAIR_SEEDS)]
@@ -565,15 +573,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     started = time.monotonic()
-    host = DiffusersHost(args.model, captions=demo.world_captions(), cache_dir=work / "cache", guidance=4.0,
-                         device=args.device)
+    place_first = toy_model.places_first(args.model)
+    views = partial(demo.training_data, place_first=place_first)  # captions in the model's grammar
+    host = DiffusersHost(args.model, captions=demo.world_captions(place_first=place_first), cache_dir=work / "cache",
+                         guidance=4.0, device=args.device)
     scorer = Scorer()
-    probe_scores, model_scores = probe_accuracy(scorer), model_accuracy(host, scorer)
+    probe_scores, model_scores = probe_accuracy(scorer), model_accuracy(host, scorer, place_first=place_first)
     model_attrs = {k: model_scores[k] for k in ("shape", "colour", "pattern", "position", "background")}
     print(f"probe on generator images: {probe_scores}\ntoy model samples: {model_scores}", flush=True)
 
     if args.only_composition:
-        rows = compositions(host, scorer, {}, args.steps, work)
+        rows = compositions(host, scorer, {}, args.steps, work, place_first)
         print(composition_table(rows))
         print(json.dumps({"model": str(args.model), "model_all_correct": model_scores["all"], "composition": rows,
                           "seconds": round(time.monotonic() - started)}))
@@ -586,45 +596,45 @@ def main() -> None:
     grid_rows: list[torch.Tensor] = []
     for concept_name in FRONT_CONCEPTS:
         concept = world.CONCEPTS[concept_name]
-        data = demo.training_data(concept_name)
+        data = views(concept_name)
         trained[concept_name] = methods = train_methods(host, concept_name, data, args.steps, work)
         for m in methods:
             seconds.setdefault(m.name, []).append(m.seconds)
         superclass = Method("superclass", concept.superclass, [], lambda _: nullcontext(), (1.0,), 0.0, None)
-        points, samples = evaluate(host, scorer, [*methods, superclass], concept, shown)
+        points, samples = evaluate(host, scorer, [*methods, superclass], concept, shown, place_first)
         for name, ps in points.items():
             per_concept.setdefault(name, []).append(ps)
         print(f"{concept_name}: {json.dumps(points)} ({time.monotonic() - started:.0f} s)", flush=True)
         if concept_name == "checker_heart":
             grid_rows = [torch.cat([data.images, torch.ones(len(shown) - len(data.images), 3, 16, 16)]),
                          *samples.values()]
-            one_views = demo.training_data(concept_name, demo.TRAINING_VIEWS[:1])
+            one_views = views(concept_name, demo.TRAINING_VIEWS[:1])
             one_shot = evaluate(host, scorer, train_methods(host, concept_name, one_views, args.steps, work,
-                                                            suffix=".one_shot"), concept, shown)[0]
+                                                            suffix=".one_shot"), concept, shown, place_first)[0]
             print(f"one-shot: {json.dumps(one_shot)} ({time.monotonic() - started:.0f} s)", flush=True)
 
     points = {name: _mean_points(ps) for name, ps in per_concept.items()}
     mean_seconds = {name: float(np.mean(s)) for name, s in seconds.items()}
     clock = "CPU" if train_clock(host) is time.process_time else "wall"
-    two_concept, pair_images = two_concepts(host, scorer, list(zip(*trained.values(), strict=True)))
+    two_concept, pair_images = two_concepts(host, scorer, list(zip(*trained.values(), strict=True)), place_first)
     if pair_images is not None:
         grid_rows.append(pair_images[: len(shown)])
     companions, companion_points = {}, {}
     for concept_name in FRONT_CONCEPTS:
-        data = demo.training_data(concept_name, companions=demo.COMPANION_VIEWS)
+        data = views(concept_name, companions=demo.COMPANION_VIEWS)
         companions[concept_name] = methods = train_methods(host, concept_name, data, args.steps, work,
                                                            suffix=".companions", only=COMPANION_METHODS)
         defaults = [replace(m, knobs=(0.7,) if m.knobs == BETAS else m.knobs) for m in methods]
-        for name, ps in evaluate(host, scorer, defaults, world.CONCEPTS[concept_name], shown)[0].items():
+        for name, ps in evaluate(host, scorer, defaults, world.CONCEPTS[concept_name], shown, place_first)[0].items():
             companion_points.setdefault(name, []).append(ps)
-    two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)))[0]
+    two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)), place_first)[0]
     companion_means = {name: _mean_points(ps) for name, ps in companion_points.items()}
-    composition_rows = compositions(host, scorer, trained, args.steps, work)
+    composition_rows = compositions(host, scorer, trained, args.steps, work, place_first)
     print(f"composition: {json.dumps(composition_rows)} ({time.monotonic() - started:.0f} s)", flush=True)
     by_name = lambda methods: {c: {m.name: m for m in ms} for c, ms in methods.items()}  # noqa: E731
-    regions = regions_row(host, scorer, by_name(trained), tuple(demo.training_data(c) for c in FRONT_CONCEPTS))
+    regions = regions_row(host, scorer, by_name(trained), tuple(views(c) for c in FRONT_CONCEPTS), place_first)
     regions_companions = regions_row(host, scorer, by_name(companions), tuple(
-        demo.training_data(c, companions=demo.COMPANION_VIEWS) for c in FRONT_CONCEPTS))
+        views(c, companions=demo.COMPANION_VIEWS) for c in FRONT_CONCEPTS), place_first)
     print(f"regions: {json.dumps(regions)}, with companion training {json.dumps(regions_companions)} "
           f"({time.monotonic() - started:.0f} s)", flush=True)
     print(f"companion training: {json.dumps(companion_points)}, both present {two_concept_companions} "

@@ -35,6 +35,7 @@ def test_scores_of_exact_renders_and_of_a_plain_superclass(name):
     concept, scorer = world.CONCEPTS[name], Scorer()
     scenes = eval_scenes(concept)
     assert "hugsy on the left" in scenes[0].prompt("hugsy")
+    assert eval_scenes(concept, place_first=True)[0].prompt("hugsy").startswith("on the left a hugsy")
     exact = scorer.score(_rendered(scenes), scenes, concept)
     plain = scorer.score(_rendered(scenes, recolour="green"), scenes, concept)
     assert exact["concept_fidelity"] > 0.95 and exact["prompt_fidelity"] > 0.95 and exact["concept_present"] > 0.9

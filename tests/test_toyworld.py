@@ -254,6 +254,27 @@ def test_resume_is_exact(tmp_path):
     assert (tmp_path / "split" / "train_log.jsonl").read_text().count("\n") == 6
 
 
+def test_export_records_the_caption_grammar_of_the_run(tmp_path):
+    """A run whose captions all name places first exports a model that says so; its prompts follow."""
+    common = ["--channels", "8,16", "--batch", "2", "--eval-every", "0", "--max-steps", "1", "--stage", "4"]
+    pretrain.main(["--out", str(tmp_path / "first"), "--place-first", "1", *common])
+    pretrain.main(["--out", str(tmp_path / "mixed"), *common])
+    for run, expected in (("first", True), ("mixed", False)):
+        pretrain.main(["--out", str(tmp_path / run), "--export", str(tmp_path / run / "best"), "--which", "last"])
+        assert toymodel.load(tmp_path / run / "best").place_first is expected
+        # the best weights, saved during the run, take the grammar of the run's configuration
+        m = toymodel.load(tmp_path / run / "best")
+        m.place_first = not expected
+        toymodel.save(m, tmp_path / run / "best")
+        pretrain.main(["--out", str(tmp_path / run), "--export", str(tmp_path / f"{run}-model")])
+        assert toymodel.places_first(tmp_path / f"{run}-model") is expected
+    from toyworld import demo
+
+    assert demo.prompts("checker_heart", place_first=True)[0] == "on the left a {} on a gray background"
+    assert demo.pair_prompts(("hugsy", "stippy"), place_first=True)[0] == (
+        "on the left a hugsy and on the right a stippy on a white background")
+
+
 def test_probe_reads_generator_images():
     p = probe.load()
     images, _, scenes = world.batch(99, 0, 600, stage=3, held_out=False)
@@ -276,7 +297,8 @@ def test_demo_writes_a_concept_and_a_grid(tmp_path, monkeypatch):
     demo.main()
     concept = load_concept(tmp_path / "hugsy.safetensors")
     assert concept.superclass == "heart" and concept.training["steps"] == "2"
-    rows, columns = 1 + len(demo.PROMPTS), len(demo.BETAS)
+    assert load_concept(tmp_path / "stippy.safetensors").superclass == "star"
+    rows, columns = 1 + len(demo.PROMPT_SCENES) + 1, len(demo.BETAS)  # training images, prompts, both concepts
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.width > 8 * 16 * columns and grid.height > 8 * 16 * rows
 

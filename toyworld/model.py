@@ -3,7 +3,8 @@
 Folder: model_index.json, unet/ (UNet2DConditionModel, in = out = 3 channels), text_encoder/
 (CLIPTextModel; its last_hidden_state, after the final layer norm, is the context), tokenizer/
 (word-level over the world's vocabulary) and scheduler/ (DDPMScheduler, v-prediction).
-Images are RGB scaled to [-1, 1]; `model_index.json["toyworld"]` records that and the resolution.
+Images are RGB scaled to [-1, 1]; `model_index.json["toyworld"]` records that, the resolution and the caption
+grammar the model was trained on (`place_first`: each object's place named before it).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class ToyModel:
     tokenizer: PreTrainedTokenizerFast
     scheduler: DDPMScheduler
     res: int
+    place_first: bool = False  # its prompts name each object's place before it ("on the left a red heart ...")
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Context for `prompts`: last_hidden_state (batch x MAX_LENGTH x width)."""
@@ -161,7 +163,7 @@ def save(model: ToyModel, path: str | Path, fp16: bool = True) -> None:
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
         "scheduler": ["diffusers", "DDPMScheduler"],
         "toyworld": {"pixel_space": True, "resolution": model.res, "value_range": [-1, 1],
-                     "context": "text_encoder last_hidden_state"},
+                     "context": "text_encoder last_hidden_state", "place_first": model.place_first},
     }
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -176,4 +178,10 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32) -> ToyModel:
         AutoTokenizer.from_pretrained(path / "tokenizer"),
         DDPMScheduler.from_pretrained(path / "scheduler"),
         res,
+        places_first(path),
     )
+
+
+def places_first(path: str | Path) -> bool:
+    """Whether the model folder's prompts name each object's place before it (`world.caption`'s `place_first`)."""
+    return json.loads((Path(path) / "model_index.json").read_text())["toyworld"].get("place_first", False)

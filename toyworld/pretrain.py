@@ -135,6 +135,7 @@ class Run:
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = toymodel.build(model_config(cfg), seed=cfg["seed"])
+        self.model.place_first = grammar_places_first(cfg)
         if starting and cfg.get("init_from"):
             toymodel.init_from(self.model, cfg["init_from"])
         self.model.unet.to(self.device)
@@ -302,7 +303,9 @@ def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, ba
     acc = toyprobe.score(probe, images.cpu(), scenes)
     if bare:
         single = [s for s in scenes if len(s.objects) == 1]
-        images = generate(m, [world.caption(s, (s.objects[0].shape,)) for s in single], list(range(len(single))))
+        captions = [world.caption(s, (s.objects[0].shape,), names_place_first(i, stage, place_first))
+                    for i, s in enumerate(single)]
+        images = generate(m, captions, list(range(len(single))))
         keys = ("shape", "position", "background")
         hits = np.array([[r[k] == s.attributes()[k] for k in keys]
                          for r, s in zip(toyprobe.read(probe, images.cpu()), single, strict=True)])
@@ -313,18 +316,26 @@ def evaluate(m: toymodel.ToyModel, probe: toyprobe.Probe, n: int, stage: int, ba
     return acc
 
 
+def grammar_places_first(cfg: dict) -> bool:
+    """Whether a run's model reads places first: all of its captions named them so."""
+    return cfg["stage"] >= 4 and (cfg.get("place_first") or 0.0) >= 1.0
+
+
 def export(run_dir: Path, dest: Path, which: str) -> None:
-    """Write the run's best (or last-checkpoint) EMA weights as an fp16 model folder at `dest`."""
+    """Write the run's best (or last-checkpoint) EMA weights as an fp16 model folder at `dest`, with the grammar of
+    its captions."""
     best = run_dir / "best"
     if which == "best" and best.exists():
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.copytree(best, dest)
-        return
-    st = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
-    run = Run(st["cfg"])
-    run.load_state(st)
-    toymodel.save(run.ema_model(), dest)
+        m = toymodel.load(best)
+        m.place_first = grammar_places_first(json.loads((run_dir / "config.json").read_text()))
+    else:
+        st = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
+        run = Run(st["cfg"])
+        run.load_state(st)
+        m = run.ema_model()
+    if dest.exists():
+        shutil.rmtree(dest)
+    toymodel.save(m, dest)
 
 
 def main(argv: list[str] | None = None) -> None:

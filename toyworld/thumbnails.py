@@ -1,14 +1,15 @@
 """The example workflows' thumbnails, rendered on the shipped toy model with the core the nodes use.
 
-Each `example_workflows/NAME.jpg` shows what its workflow does, on two held-out concepts of the toy world
-(a checked heart "hugsy", a ringed circle "zappy"), each trained for 400 steps:
+Each `example_workflows/NAME.jpg` shows what its workflow does, on the demo's two held-out concepts of the toy
+world (a checked heart "hugsy", a striped star "stippy"), each trained for 400 steps:
 - train-one-concept: the training images, then the previews the trainer renders as it goes;
 - apply-with-gate-sweep: one prompt and seed across the gate bias β;
 - two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds), trained with
   the companion views as well (`demo.COMPANION_VIEWS`);
 - paint-two-concepts: the two concepts trained on their five views alone (regions did better with them than with
-  the companion views in the benchmark), the checked heart painted on the left half and the ringed circle on the
+  the companion views in the benchmark), the checked heart painted on the left half and the striped star on the
   right (regions at the default weight, one pass), on each background.
+Prompts follow the model's grammar (`toyworld.model.places_first`).
 
     python -m toyworld.thumbnails [--out example_workflows]
 """
@@ -26,12 +27,12 @@ from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
 from perfusion_core.train import Trainer
 from toyworld import demo, world
+from toyworld import model as toymodel
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
-CONCEPTS = {"hugsy": "checker_heart", "zappy": "ringed_circle"}
-PREVIEW = "a {} on the right on a gray background"
-SWEEP = "a {} at the top and a green circle at the bottom on a black background"
-PAIR = "a hugsy on the left and a zappy on the right on a {} background"
+CONCEPTS = dict(zip(demo.PAIR_WORDS, demo.PAIR, strict=True))
+PLACE_FIRST = toymodel.places_first(demo.MODEL)
+PREVIEW, SWEEP = demo.prompts(demo.PAIR[0], PLACE_FIRST)[1:]
 SCALE = 8  # 16-pixel images, shown 8× with nearest-neighbour
 
 
@@ -47,7 +48,7 @@ def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0, co
     concept = world.CONCEPTS[CONCEPTS[word]]
     settings = demo.train_settings(word, concept.superclass, preview_every=preview_every,
                                    preview_prompts=(PREVIEW,))
-    data = demo.training_data(CONCEPTS[word], companions=companions)
+    data = demo.training_data(CONCEPTS[word], companions=companions, place_first=PLACE_FIRST)
     name = f"{word}.companions" if companions else word
     result = Trainer(host, data, settings, work / f"{name}.safetensors").run()
     return result.concept, [images for _, images in result.previews]
@@ -59,32 +60,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="perfusion-thumbnails-") as work:
-        host = DiffusersHost(demo.MODEL, captions=demo.world_captions(), cache_dir=Path(work), guidance=4.0)
+        host = DiffusersHost(demo.MODEL, captions=demo.world_captions(place_first=PLACE_FIRST),
+                             cache_dir=Path(work), guidance=4.0)
         hugsy, previews = train(host, "hugsy", Path(work), preview_every=80)
         training = demo.training_data("checker_heart").images
         print(save_jpg(torch.cat([training, *previews]), len(training), args.out / "train-one-concept.jpg"))
 
         sweep = []
         for beta in demo.BETAS:
-            with patch_unet(host.unet, [ConceptUse(hugsy, beta, 0.15)]):
+            with patch_unet(host.unet, [ConceptUse(hugsy, beta)]):
                 sweep.append(host.sample([SWEEP.format("hugsy")], [0], hugsy.embeddings))
         print(save_jpg(torch.cat(sweep), len(sweep), args.out / "apply-with-gate-sweep.jpg"))
-        alone = {"hugsy": hugsy, "zappy": train(host, "zappy", Path(work))[0]}
+        alone = {"hugsy": hugsy, "stippy": train(host, "stippy", Path(work))[0]}
 
         # separately trained concepts, each also seen beside an ordinary object named first
         hugsy, _ = train(host, "hugsy", Path(work), companions=demo.COMPANION_VIEWS)
-        zappy, _ = train(host, "zappy", Path(work), companions=demo.COMPANION_VIEWS)
+        stippy, _ = train(host, "stippy", Path(work), companions=demo.COMPANION_VIEWS)
         host.install_word("hugsy", hugsy.embeddings)
-        host.install_word("zappy", zappy.embeddings)
-        prompts = [PAIR.format(background) for background in world.BACKGROUNDS for _ in range(2)]
-        with patch_unet(host.unet, [ConceptUse(hugsy, 0.7, 0.15), ConceptUse(zappy, 0.7, 0.15)]):
+        host.install_word("stippy", stippy.embeddings)
+        layouts = tuple(("left", "right", background) for background in world.BACKGROUNDS for _ in range(2))
+        prompts = demo.pair_prompts(demo.PAIR_WORDS, PLACE_FIRST, layouts)
+        with patch_unet(host.unet, [ConceptUse(hugsy), ConceptUse(stippy)]):
             pair = host.sample(prompts, list(range(len(prompts))))
         print(save_jpg(pair, len(pair), args.out / "two-concepts-one-image.jpg"))
 
         for word, concept in alone.items():
             host.install_word(word, concept.embeddings)
-        painted = [ConceptUse(alone["hugsy"], 0.7, 0.15, region="left"),
-                   ConceptUse(alone["zappy"], 0.7, 0.15, region="right")]
+        painted = [ConceptUse(alone["hugsy"], region="left"), ConceptUse(alone["stippy"], region="right")]
         with patch_unet(host.unet, painted) as handle:
             handle.set_noise_schedule(host.scheduler.alphas_cumprod)
             pair = host.sample(prompts, list(range(len(prompts))))
