@@ -14,7 +14,9 @@ steps and batch, then renders a fixed set of prompts and seeds:
 - pattern contrast: the spread of colours inside the object relative to the concept's own (1: as varied as the
   concept's checks or ring, 0: one flat colour), read where the probe finds the object (one-object prompts).
 Perfusion and trained-K sweep the gate bias β, LoRA and the fine-tune their weight scale. Two separately
-trained concepts are then prompted together. Outputs go to `benchmarks/results/` (markdown table, Pareto
+trained concepts are then prompted together, unpainted and painted on their halves (regions); composition
+efficiency divides both present by each concept's own presence. Prompts follow the model's grammar
+(`toyworld.model.places_first`). Outputs go to `benchmarks/results/` (markdown table, Pareto
 plot, image grid, toyworld.json); the last line printed is the JSON.
 
     python -m benchmarks.toyworld [--steps 400] [--threads 2] [--device cuda] [--model FOLDER] [--out DIR]
@@ -56,8 +58,10 @@ from toyworld import probe as toy_probe
 
 RESULTS = Path(__file__).with_name("results")
 WORDS = {"checker_heart": "hugsy", "ringed_circle": "zappy", "striped_star": "stippy"}  # the probe reads each
-FRONT_CONCEPTS = ("checker_heart", "ringed_circle")  # every method, fronts, regions
-# composition: a pair the model can draw, and the ringed circle, whose own presence caps any pair, as the hard case
+# every method, fronts, two concepts, regions: two held-out looks whose parts the model can draw (`demo.PAIR`)
+FRONT_CONCEPTS = demo.PAIR
+# composition: that pair, and the ringed circle (a ring is no texture the world has; its own presence caps any pair
+# with it) as the hard case
 COMPOSITION_PAIRS = (("checker_heart", "striped_star"), ("checker_heart", "ringed_circle"))
 COMPOSITION_SEEDS = tuple(range(6))  # 4 layouts x 3 backgrounds x 6 seeds: 72 samples per setting
 BETAS = (0.4, 0.5, 0.6, 0.7, 0.8)
