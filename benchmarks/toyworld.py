@@ -49,7 +49,7 @@ from perfusion_core import (
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
 from perfusion_core.knobs import GATE
-from perfusion_core.patch import PaintedAttention
+from perfusion_core.patch import LOCKS, PaintedAttention
 from perfusion_core.regions import RegionPainter, named_region
 from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
@@ -286,29 +286,24 @@ def pair_scenes(names: tuple[str, str] = FRONT_CONCEPTS, seeds: tuple[int, ...] 
 
 
 def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method], names: tuple[str, str],
-                place_first: bool = False) -> dict:
-    """Two Perfusion concepts at β 0.7 in one prompt, in both orders of naming: both present, each one's own
-    presence alone in one-object prompts at the same places, backgrounds and seeds (p₁, p₂), the composition
-    efficiency both / (p₁·p₂), and prompt fidelity (an object at each prompted place, the background right)."""
-    for name in names:
-        host.install_word(concepts[name].word, concepts[name].embeddings)
+                place_first: bool = False, lock: str = "local") -> dict:
+    """Two Perfusion concepts at β 0.7 in one prompt, keys locked `lock`ly, in both orders of naming: both present,
+    each one's own presence alone in one-object prompts at the same places, backgrounds and seeds (p₁, p₂), the
+    composition efficiency both / (p₁·p₂), and prompt fidelity (an object at each prompted place, the background
+    right)."""
     out = {}
     for order in (names, names[::-1]):
         scenes = pair_scenes(order, COMPOSITION_SEEDS, place_first)
-        methods = [concepts[name] for name in order]
+        methods = tuple(concepts[name] for name in order)
         looks = tuple(world.CONCEPTS[name] for name in order)
-        seeds = [s.seed for s in scenes]
-        with patch_unet(host.unet, [ConceptUse(m.trained, 0.7, TAU) for m in methods]):
-            images = host.sample([s.prompt(*(m.word for m in methods)) for s in scenes], seeds)
+        images = sample_painted(host, methods, scenes, 0.0, None, lock)
         readings = toy_probe.read(scorer.probe, images * 2 - 1)
         placed = [r["background"] == s.scene.background and all(o.position in r["objects"] for o in s.scene.objects)
                   for r, s in zip(readings, scenes, strict=True)]
         own = []
         for k, (method, look) in enumerate(zip(methods, looks, strict=True)):
             alone = [replace(s, scene=world.Scene((s.scene.objects[k],), s.scene.background)) for s in scenes]
-            with patch_unet(host.unet, [ConceptUse(method.trained, 0.7, TAU)]):
-                single = host.sample([s.prompt(method.word) for s in alone], seeds)
-            own.append(scorer.both_present(single, alone, (look,)))
+            own.append(scorer.both_present(sample_painted(host, (method,), alone, 0.0, None, lock), alone, (look,)))
         both = scorer.both_present(images, scenes, looks)
         out[f"{order[0]} first"] = {
             "both_present": both, "own_presence": own, "prompt_fidelity": float(np.mean(placed)),
@@ -318,24 +313,26 @@ def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method]
 
 def compositions(host: DiffusersHost, scorer: Scorer, trained: dict[str, list[Method]], steps: int, work: Path,
                  place_first: bool = False) -> dict[str, dict]:
-    """`composition` of each of `COMPOSITION_PAIRS`, with the Perfusion concepts of `trained` and the others trained
-    here."""
+    """`composition` of each of `COMPOSITION_PAIRS` with keys locked locally and globally, with the Perfusion concepts
+    of `trained` and the others trained here."""
     perfusion = {name: m for name, methods in trained.items() for m in methods if m.name == "perfusion"}
     for name in sorted({n for pair in COMPOSITION_PAIRS for n in pair} - set(perfusion)):
         data = demo.training_data(name, place_first=place_first)
         perfusion[name] = train_methods(host, name, data, steps, work, only=("perfusion",))[0]
-    return {" + ".join(pair): composition(host, scorer, perfusion, pair, place_first) for pair in COMPOSITION_PAIRS}
+    return {" + ".join(pair): {lock: composition(host, scorer, perfusion, pair, place_first, lock) for lock in LOCKS}
+            for pair in COMPOSITION_PAIRS}
 
 
 def composition_table(rows: dict[str, dict]) -> str:
-    lines = ["| pair | named first | p₁ | p₂ | both present | efficiency | prompt fidelity |",
-             "|---|---|---|---|---|---|---|"]
-    for pair, orders in rows.items():
-        for first, r in orders.items():
-            efficiency = "–" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
-            lines.append(f"| {pair} | {first.removesuffix(' first')} | {r['own_presence'][0]:.2f} | "
-                         f"{r['own_presence'][1]:.2f} | {r['both_present']:.2f} | {efficiency} | "
-                         f"{r['prompt_fidelity']:.2f} |")
+    lines = ["| pair | keys locked | named first | p₁ | p₂ | both present | efficiency | prompt fidelity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for pair, locks in rows.items():
+        for lock, orders in locks.items():
+            for first, r in orders.items():
+                efficiency = "–" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
+                lines.append(f"| {pair} | {lock} | {first.removesuffix(' first')} | {r['own_presence'][0]:.2f} | "
+                             f"{r['own_presence'][1]:.2f} | {r['both_present']:.2f} | {efficiency} | "
+                             f"{r['prompt_fidelity']:.2f} |")
     return "\n".join(lines)
 
 
@@ -356,7 +353,7 @@ def word_gates(host: DiffusersHost, methods: tuple[Method, Method], datas: tuple
                           names=[m.word for m in methods])
 
 
-def painted(host: DiffusersHost, methods: tuple[Method, Method], places: tuple[str, str], weight: float,
+def painted(host: DiffusersHost, methods: tuple[Method, ...], places: tuple[str, ...], weight: float,
             gates: JointProjector | None, lock: str = "local") -> AbstractContextManager:
     """Both concepts applied together, each with the half of the image at its prompted place as its region (weight 0:
     no regions); Perfusion's keys locked `lock`ly, textual inversion's tokens selected by `gates`."""
@@ -373,9 +370,10 @@ def painted(host: DiffusersHost, methods: tuple[Method, Method], places: tuple[s
     return PaintedAttention(host.unet, cross_attention_layers(host.unet), painter, schedule)
 
 
-def sample_painted(host: DiffusersHost, methods: tuple[Method, Method], scenes: list[EvalScene], weight: float,
+def sample_painted(host: DiffusersHost, methods: tuple[Method, ...], scenes: list[EvalScene], weight: float,
                    gates: JointProjector | None, lock: str = "local") -> torch.Tensor:
-    """Two-concept samples in one pass per layout (the regions follow each scene's places); weight 0: no regions."""
+    """Samples of scenes naming one concept per object (`methods`, in order), in one pass per layout (the regions
+    follow each scene's places); weight 0: no regions."""
     superclasses = {m.word: m.trained.superclass for m in methods} if lock == "global" else {}
     for method in methods:
         host.install_word(method.word, method.embeddings)
@@ -547,6 +545,23 @@ def dominance(points: dict[str, list[dict]], concept_score: str) -> dict[str, bo
     }
 
 
+def goals(figures: dict) -> dict[str, bool]:
+    """The composition goals, each met or not: the drawable pair unpainted (per lock: efficiency ≥ 0.9, both present
+    ≥ 0.8, prompt fidelity ≥ 0.9 in both naming orders), painted at the default weight (both present ≥ 0.9, the
+    painted pass ≤ 1.05× the unpainted one), and nothing lost on one concept."""
+    pair = figures["composition"][" + ".join(FRONT_CONCEPTS)]
+    default = f"{GATE['region_weight'].default:g}"
+    out = {f"unpainted_{lock}": all(r["efficiency"] is not None and r["efficiency"] >= 0.9 and r["both_present"] >= 0.8
+                                    and r["prompt_fidelity"] >= 0.9 for r in orders.values())
+           for lock, orders in pair.items()}
+    painted = figures["regions_both_present"]
+    out["painted"] = max(painted["perfusion"][default], painted["perfusion_global"][default]) >= 0.9
+    out["painted_overhead"] = painted["overhead"] <= 1.05
+    out["front_dominates_ti"] = figures["perfusion_dominates_ti"]
+    out["keylock_beats_trained_keys"] = figures["keylock_prompt_gain_same_beta"] > 0
+    return out
+
+
 def summary(points: dict[str, list[dict]], two_concept: dict[str, float]) -> dict:
     """The headline comparisons: dominance between fronts (concept fidelity against prompt fidelity, and the
     same with concept presence, the less saturated score), key-locking's prompt gain, composition."""
@@ -662,6 +677,7 @@ def main() -> None:
         "steps": args.steps,
         "seconds": round(time.monotonic() - started),
     }
+    figures["goals"] = goals(figures)
     markdown = ["# Toy-world personalisation benchmark", "",
                 f"Mean over {', '.join(FRONT_CONCEPTS)}; {args.steps} steps, batch 16, "
                 f"{len(demo.TRAINING_VIEWS)} images each.", "",
@@ -681,7 +697,9 @@ def main() -> None:
                 regions_table({"five views": regions, "companion training": regions_companions}), "",
                 f"Painted pass (w {GATE['region_weight'].default:g}) over unpainted pass (Perfusion, same prompts): "
                 f"{regions['overhead']:.3f} "
-                f"(companion training: {regions_companions['overhead']:.3f})", ""]
+                f"(companion training: {regions_companions['overhead']:.3f})", "",
+                "## Goals", "", *(f"- {name}: {'met' if met else 'missed'}" for name, met in figures["goals"].items()),
+                ""]
     (args.out / "toyworld.md").write_text("\n".join(markdown))
     plot_fronts(points, args.out / "toyworld_pareto.png")
     grid = image_grid(torch.cat(grid_rows), columns=len(shown))
