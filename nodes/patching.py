@@ -8,8 +8,9 @@ loaded and weight-patched on its own terms. Nothing touches the shared module: a
 sees the model exactly as before.
 
 Global locking: the CLIP returned by Apply Perfusion attaches the prompt encoded with the superclass
-word as a model condition; a diffusion-model wrapper hands it to an attn2 patch, which makes the K
-pathway read it while V reads the concept prompt.
+word as a model condition; a diffusion-model wrapper hands it to an attn2 patch put first
+(`perfusion_core.global_lock.set_superclass_keys`), which makes the K pathway read it while V reads the concept
+prompt.
 
 Regions: where a concept has one, each patched layer gets an attn2 replace patch that computes the
 attention with the regions' score bias (`perfusion_core.regions`); the layer's V copy records the prompt it
@@ -25,6 +26,7 @@ import comfy.patcher_extension
 from torch import Tensor, nn
 
 from ..perfusion_core import ConceptUse, GatedProjection, PerfusionError, build_patch, cross_attention_layers
+from ..perfusion_core.global_lock import set_superclass_keys
 from ..perfusion_core.patch import as_uses, gated_forward
 from ..perfusion_core.regions import set_attn2_region
 
@@ -66,18 +68,18 @@ def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict 
     return patched
 
 
-def _superclass_keys(n: Tensor, context: Tensor, value: Tensor, extra_options: dict):
-    """attn2 patch: K reads the superclass prompt, V keeps the concept prompt."""
+def _superclass_prompt(context: Tensor, extra_options: dict) -> Tensor:
+    """What K reads under global locking: the superclass prompt the wrapper put in the transformer options."""
     superclass = extra_options.get(SUPERCLASS_CONTEXT)
     if superclass is None:  # a prompt encoded without the trigger word: it is its own superclass prompt
-        return n, context, value
+        return context
     if superclass.shape != context.shape:
         raise PerfusionError(
             f"global locking: the superclass prompt has shape {tuple(superclass.shape)} but the prompt has "
             f"{tuple(context.shape)}; conditioning was concatenated or edited after CLIPTextEncode. Encode the "
             "final prompt with the CLIP from Apply Perfusion, or use lock 'local'"
         )
-    return n, superclass.to(context), value
+    return superclass.to(context)
 
 
 def _carry_superclass(executor: Callable, *args, **kwargs):
@@ -95,14 +97,7 @@ def _carry_superclass(executor: Callable, *args, **kwargs):
 def _set_global_lock(clone, enabled: bool) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     clone.remove_wrappers_with_key(kind, ATTACHMENT)
-    patches = clone.model_options["transformer_options"].setdefault("patches", {})
-    # ours first, so that other attn2 patches (a hypernetwork) transform the superclass prompt as they do the prompt
-    others = [p for p in patches.get("attn2_patch", []) if p is not _superclass_keys]
-    attn2 = [_superclass_keys, *others] if enabled else others
-    if attn2:
-        patches["attn2_patch"] = attn2
-    else:
-        patches.pop("attn2_patch", None)
+    set_superclass_keys(clone.model_options, _superclass_prompt if enabled else None)
     if enabled:
         clone.add_wrapper_with_key(kind, ATTACHMENT, _carry_superclass)
 

@@ -41,8 +41,8 @@ def unet_of(sd_model) -> nn.Module:
 def key_context(sd_model) -> Callable[[Tensor], Tensor] | None:
     """What the model's cross-attention does to a context before K reads it, where Perfusion's globally locked K
     must do the same to the superclass prompt: on A1111, the K side of the loaded hypernetworks (every attention
-    forward of `sd_hijack_optimizations` runs them on the context); None on Forge and reForge, whose UNets run their
-    own attention (not handled there)."""
+    forward of `sd_hijack_optimizations` runs them on the context); None on Forge and reForge, whose attention
+    transforms K's context through the UNet clone's attn2 patches, where K's superclass prompt goes first."""
     if is_forge(sd_model):
         return None
     from modules.hypernetworks import hypernetwork

@@ -4,8 +4,10 @@ The model's `get_learned_conditioning` is wrapped: whenever it encodes prompts h
 concept word, it also encodes them with the superclass word in its place, and the pairs of encodings are kept
 (`perfusion_core.global_lock.SuperclassTwins`). Before each UNet call, every context row made of kept encodings has
 them replaced by their superclass twins; other rows (the negative prompt, prompts without the word) are their own
-superclass prompt. The result goes through what the host's attention does to K's context (on A1111 the loaded
-hypernetworks' K side), and K reads it: through the patch handle on A1111, through `key_input` in Forge's UNet clones.
+superclass prompt. On A1111 the result goes through what the host's attention does to K's context (the loaded
+hypernetworks' K side), and K reads it through the patch handle. On Forge and reForge `key_input` hands it to an attn2
+patch put first in the UNet clone (`forge.patch_clone`): the clone's other attn2 patches transform it as they do the
+prompt, and K reads what they make of it, as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class SuperclassContexts:
                 keys: Callable[[Tensor], Tensor] | None = None) -> None:
         """Follow `words` (concept word -> superclass) until `remove()`; hand each UNet call's superclass
         context, turned by `keys` (if given) into what the host's attention gives K, to `handle` (A1111) or keep it
-        for `key_input` (Forge)."""
+        for `key_input` (Forge, reForge)."""
         self.remove()
         if words != self.words:
             self.twins.clear()
@@ -84,5 +86,5 @@ class SuperclassContexts:
                 self.handle.set_superclass_context(self.context)
 
     def key_input(self, e: Tensor) -> Tensor:
-        """The superclass prompt that a globally locked K projection reads in place of `e`."""
+        """The superclass prompt in place of the prompt `e`: what Forge's first attn2 patch hands on to K."""
         return superclass_input(self.context, e)

@@ -30,11 +30,10 @@ from perfusion_core import (
 from perfusion_core.layers import check_text_encoder_layer
 
 from . import backend
+from .forge import PATCHES_ATTRIBUTE
 from .global_lock import SuperclassContexts
 from .library import ConceptFile, ConceptLibrary
 from .tags import TAG, ConceptRequest, format_hashes, format_infotext, parse_hashes, parse_request
-
-PATCHES_ATTRIBUTE = "perfusion_patches"  # on `p`, for the Forge path: layer name -> LayerPatch
 
 
 @dataclass(frozen=True)

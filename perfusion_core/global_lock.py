@@ -1,10 +1,12 @@
 """Global key-locking where the host encodes the prompts: the superclass twin of each context row the host encoded
 (the prompt encoded with `words.to_superclass`), which the K projections read in that row's place. The one rule of
-every host that keeps such a table (diffusers, the web UIs)."""
+every host that keeps such a table (diffusers, the web UIs). In ComfyUI-style patchers (ComfyUI, Forge, reForge) K gets
+the superclass prompt from their first attn2 patch (`set_superclass_keys`)."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -49,3 +51,24 @@ class SuperclassTwins:
             return torch.cat([twin[:len(part)].to(row.dtype) if part.equal(encoded[:len(part)].to(row.dtype)) else part
                               for part in row.split(n)])
         return row
+
+
+def set_superclass_keys(model_options: dict, reads: Callable[[Tensor, dict], Tensor] | None) -> None:
+    """Put first among the attn2 patches of a ComfyUI-style patcher's `model_options` one that hands K
+    `reads(context, transformer_options)` (the superclass prompt) and V the prompt, in place of an earlier one of ours;
+    None takes it away. The other attn2 patches (a hypernetwork, an IP-Adapter) then transform the superclass prompt as
+    they do the prompt. The dicts on the way are copied and the list is new: a clone may share them with its source."""
+    options = model_options["transformer_options"] = dict(model_options.get("transformer_options", {}))
+    patches = options["patches"] = dict(options.get("patches", {}))
+    attn2 = [p for p in patches.get("attn2_patch", []) if not getattr(p, "perfusion", False)]
+    if reads is not None:
+        def superclass_keys(n: Tensor, context: Tensor, value: Tensor,
+                            extra_options: dict) -> tuple[Tensor, Tensor, Tensor]:
+            return n, reads(context, extra_options), value
+
+        superclass_keys.perfusion = True
+        attn2.insert(0, superclass_keys)
+    if attn2:
+        patches["attn2_patch"] = attn2
+    else:
+        patches.pop("attn2_patch", None)

@@ -181,21 +181,16 @@ def _key_targets(concepts: Sequence[Concept], layer: CrossAttentionLayer) -> tup
     )
 
 
-def gated_forward(original: Callable[..., Tensor], projection: GatedProjection | None,
-                  reads: Callable[[Tensor], Tensor] | None = None, seen: dict | None = None) -> Callable[..., Tensor]:
+def gated_forward(original: Callable[..., Tensor], projection: GatedProjection,
+                  seen: dict | None = None) -> Callable[..., Tensor]:
     """A projection's forward for hosts that patch forwards (ComfyUI, Forge): `original(x, *args, **kwargs)` with the
-    gated edit of `projection` around it (if any), reading `reads(x)` in place of `x` (if given); with `seen`, each
-    call's input is kept as `seen["context"]` (the prompt that regions find the concepts' tokens in)."""
+    gated edit of `projection` around it; with `seen`, each call's input is kept as `seen["context"]` (the prompt that
+    regions find the concepts' tokens in)."""
 
     def forward(x: Tensor, *args, **kwargs) -> Tensor:
         if seen is not None:
             seen["context"] = x
-
-        def host(y: Tensor) -> Tensor:
-            return original(y, *args, **kwargs)
-
-        e = x if reads is None else reads(x)
-        return host(e) if projection is None else projection(host, e)
+        return projection(lambda y: original(y, *args, **kwargs), x)
 
     return forward
 

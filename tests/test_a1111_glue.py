@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -19,6 +22,7 @@ from perfusion_a1111.tags import (
 )
 from perfusion_core import ConceptFileError, PerfusionError, save_concept
 from perfusion_core.files import read_safetensors, save_tensors
+from perfusion_core.global_lock import set_superclass_keys
 from perfusion_core.knobs import GATE
 
 from .conftest import random_concept
@@ -259,6 +263,61 @@ def test_global_lock_keys_read_the_superclass_prompt_as_the_hosts_attention_hand
     lock.install(model, unet, None, {"hugsy": "bear"})  # the next generation, without a hypernetwork
     unet(torch.zeros(1), context=torch.tensor([[[1.0], [5.0], [4.0]]]))
     assert torch.equal(lock.context, torch.tensor([[[1.0], [4.0], [4.0]]]))
+
+
+class _ForgeUnet:
+    """A stand-in for Forge's `UnetPatcher`: a clone copies `model_options` and the object patches."""
+
+    def __init__(self, diffusion_model: torch.nn.Module, model_options: dict) -> None:
+        self.model = SimpleNamespace(diffusion_model=diffusion_model)
+        self.model_options, self.object_patches = model_options, {}
+
+    def clone(self) -> _ForgeUnet:
+        clone = _ForgeUnet(self.model.diffusion_model, copy.deepcopy(self.model_options))
+        clone.object_patches = dict(self.object_patches)
+        return clone
+
+    def add_object_patch(self, key: str, patch) -> None:
+        self.object_patches[key] = patch
+
+    def projection(self, layer, name: str):
+        return self.object_patches.get(f"diffusion_model.{layer.path}.{name}.forward", getattr(layer, name))
+
+    def attn2_projections(self, layer, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one cross-attention as Forge's `BasicTransformerBlock` computes them: its attn2 patches first."""
+        value = context
+        for patch in self.model_options["transformer_options"]["patches"].get("attn2_patch", []):
+            _, context, value = patch(None, context, value, {})
+        return self.projection(layer, "to_k")(context), self.projection(layer, "to_v")(value)
+
+
+def test_forge_global_lock_runs_first_among_the_attn2_patches(sd1_unet, sd1_layers):
+    """As in ComfyUI, another attn2 patch (an IP-Adapter-style extension's) transforms the superclass prompt that K
+    reads as it does the prompt; V reads the prompt through it."""
+    from perfusion_a1111.forge import PATCHES_ATTRIBUTE, patch_clone
+    from perfusion_core import ConceptUse, build_patch
+
+    def theirs(n, context, value, extra_options):
+        return n, 2 * context + 1, value - 1
+
+    options = {"transformer_options": {"patches": {"attn2_patch": [theirs]}}}
+    unet, layer = _ForgeUnet(sd1_unet, options), sd1_layers[0]
+    prompt, superclass = torch.randn(2, 4, 768), torch.randn(2, 4, 768)
+    for lock in ("local", "global"):
+        p = SimpleNamespace(sd_model=SimpleNamespace(forge_objects=SimpleNamespace(unet=unet)))
+        setattr(p, PATCHES_ATTRIBUTE, build_patch(sd1_layers, [ConceptUse(random_concept(sd1_layers), lock=lock)]))
+        patch_clone(p, lambda e: superclass)
+        clone = p.sd_model.forge_objects.unet
+        attn2 = clone.model_options["transformer_options"]["patches"]["attn2_patch"]
+        assert len(attn2) == (2 if lock == "global" else 1) and attn2[-1] is theirs
+    with torch.no_grad():
+        k, v = clone.attn2_projections(layer, prompt)
+    # the only concept is locked globally: K is the host's own projection, of the superclass prompt through theirs
+    assert torch.equal(k, layer.to_k(2 * superclass + 1))
+    assert torch.equal(v, clone.projection(layer, "to_v")(prompt - 1))
+    assert options == {"transformer_options": {"patches": {"attn2_patch": [theirs]}}}  # the source's left as it was
+    set_superclass_keys(clone.model_options, None)
+    assert clone.model_options["transformer_options"]["patches"]["attn2_patch"] == [theirs]
 
 
 def test_global_lock_refuses_a_superclass_of_another_length_and_skips_training_encodes():
