@@ -127,17 +127,16 @@ def main() -> None:
         if len(concepts) == 1:
             images = data.images
 
+    for c in concepts:  # each word reads its own embedding, as a host applies a concept
+        host.install_word(c.word, c.embeddings)
     rows = [torch.cat([images, torch.ones(len(BETAS) - len(images), 3, 16, 16)])[: len(BETAS)]]
-    concept = concepts[0]
     one = [prompt.format(args.word) for prompt in prompts(PAIR[0], place_first)]
     for prompt in one:
         row = []
         for beta in BETAS:
-            with patch_unet(host.unet, [ConceptUse(concept, beta)]):
-                row.append(host.sample([prompt], [0], concept.embeddings))
+            with patch_unet(host.unet, [ConceptUse(concepts[0], beta)]):
+                row.append(host.sample([prompt], [0]))
         rows.append(torch.cat(row))
-    for c in concepts:
-        host.install_word(c.word, c.embeddings)
     two = pair_prompts(tuple(c.word for c in concepts), place_first)
     with patch_unet(host.unet, [ConceptUse(c) for c in concepts]):
         rows.append(host.sample(two, list(range(len(two)))))
