@@ -62,7 +62,7 @@ WORDS = {"checker_heart": "hugsy", "ringed_circle": "zappy", "striped_star": "st
 FRONT_CONCEPTS = demo.PAIR
 # composition: that pair, and the ringed circle (a ring is no texture the world has; its own presence caps any pair
 # with it) as the hard case
-COMPOSITION_PAIRS = (("checker_heart", "striped_star"), ("checker_heart", "ringed_circle"))
+COMPOSITION_PAIRS = (FRONT_CONCEPTS, ("checker_heart", "ringed_circle"))
 COMPOSITION_SEEDS = tuple(range(6))  # 4 layouts x 3 backgrounds x 6 seeds: 72 samples per setting
 BETAS = (0.4, 0.5, 0.6, 0.7, 0.8)
 SCALES = (0.5, 0.75, 1.0)

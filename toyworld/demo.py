@@ -114,9 +114,9 @@ def main() -> None:
     place_first = toymodel.places_first(args.model)
     host = DiffusersHost(args.model, captions=world_captions(place_first=place_first), cache_dir=out / "cache",
                          guidance=4.0)
+    datas = [training_data(name, place_first=place_first) for name in PAIR]
     concepts = []
-    for name, word in zip(PAIR, (args.word, *PAIR_WORDS[1:]), strict=True):
-        data = training_data(name, place_first=place_first)
+    for name, word, data in zip(PAIR, (args.word, *PAIR_WORDS[1:]), datas, strict=True):
         superclass = world.CONCEPTS[name].superclass
         print(f"training '{word}' (superclass '{superclass}') on {len(data.images)} images for {args.steps} steps ...")
         result = Trainer(host, data, train_settings(word, superclass, args.steps), out / f"{word}.safetensors").run()
@@ -124,11 +124,10 @@ def main() -> None:
         size_kb = result.concept_path.stat().st_size / 1024
         print(f"saved {result.concept_path} ({size_kb:.1f} KB) at {time.monotonic() - started:.0f} s; "
               f"loss {np.mean(result.losses[:20]):.3f} -> {np.mean(result.losses[-20:]):.3f}")
-        if len(concepts) == 1:
-            images = data.images
 
     for c in concepts:  # each word reads its own embedding, as a host applies a concept
         host.install_word(c.word, c.embeddings)
+    images = datas[0].images
     rows = [torch.cat([images, torch.ones(len(BETAS) - len(images), 3, 16, 16)])[: len(BETAS)]]
     one = [prompt.format(args.word) for prompt in prompts(PAIR[0], place_first)]
     for prompt in one:
