@@ -72,7 +72,10 @@ SEEDS = (0, 1)
 PAIR_SEEDS = (0, 1, 2)
 COMPANION_METHODS = ("perfusion", "textual_inversion")
 REGION_WEIGHTS = (0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
-REGION_ROWS = ("perfusion", "perfusion_global", "textual_inversion")  # perfusion_global: keys locked globally
+# row: (method, lock); perfusion_global: keys locked globally; perfusion_context: keys and context locked, trained so
+REGION_ROWS = {"perfusion": ("perfusion", "local"), "perfusion_global": ("perfusion", "global"),
+               "perfusion_context": ("perfusion_context", "context"),
+               "textual_inversion": ("textual_inversion", "local")}
 
 
 @dataclass(frozen=True)
@@ -199,17 +202,18 @@ def train_clock(host: DiffusersHost) -> Callable[[], float]:
 
 
 def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, steps: int, out: Path,
-                  suffix: str = "", only: tuple[str, ...] | None = None) -> list[Method]:
-    """Train the five methods (or those named in `only`) for one concept on `data`."""
+                  suffix: str = "", only: tuple[str, ...] | None = None, lock: str = "local") -> list[Method]:
+    """Train the five methods (or those named in `only`) for one concept on `data`; Perfusion locked `lock`."""
     clock = train_clock(host)
     concept, word = world.CONCEPTS[concept_name], WORDS[concept_name]
     recipe = baselines.Recipe(steps=steps, lr_embedding=demo.LR_EMBEDDING)
     methods = []
-    for name, lock in (("perfusion", True), ("trained_k", False)):
+    for name, keys_locked in (("perfusion", True), ("trained_k", False)):
         if only is not None and name not in only:
             continue
         started = clock()
-        settings = demo.train_settings(word, concept.superclass, steps, lock_keys=lock)
+        settings = demo.train_settings(word, concept.superclass, steps, lock_keys=keys_locked,
+                                       lock=lock if keys_locked else "local")
         trained = Trainer(host, data, settings, out / f"{concept_name}{suffix}.{name}.safetensors").run().concept
         methods.append(Method(name, word, trained.embeddings, _perfusion(host, trained), BETAS,
                               clock() - started, trained))
@@ -311,15 +315,26 @@ def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method]
     return out
 
 
+def context_trained(host: DiffusersHost, names: set[str], steps: int, work: Path, place_first: bool = False
+                    ) -> dict[str, Method]:
+    """Perfusion concepts trained context-locked on the five views and the companion views (`demo.context_data`)."""
+    return {name: train_methods(host, name, demo.context_data(name, place_first), steps, work, suffix=".context",
+                                only=("perfusion",), lock="context")[0] for name in sorted(names)}
+
+
 def compositions(host: DiffusersHost, scorer: Scorer, trained: dict[str, list[Method]], steps: int, work: Path,
-                 place_first: bool = False) -> dict[str, dict]:
-    """`composition` of each of `COMPOSITION_PAIRS` with keys locked locally and globally, with the Perfusion concepts
-    of `trained` and the others trained here."""
+                 place_first: bool = False, context: dict[str, Method] | None = None) -> dict[str, dict]:
+    """`composition` of each of `COMPOSITION_PAIRS` per lock: keys locked locally and globally with the Perfusion
+    concepts of `trained` (the others trained here), keys and context locked with those of `context` (likewise)."""
+    names = {n for pair in COMPOSITION_PAIRS for n in pair}
     perfusion = {name: m for name, methods in trained.items() for m in methods if m.name == "perfusion"}
-    for name in sorted({n for pair in COMPOSITION_PAIRS for n in pair} - set(perfusion)):
+    for name in sorted(names - set(perfusion)):
         data = demo.training_data(name, place_first=place_first)
         perfusion[name] = train_methods(host, name, data, steps, work, only=("perfusion",))[0]
-    return {" + ".join(pair): {lock: composition(host, scorer, perfusion, pair, place_first, lock) for lock in LOCKS}
+    context = {**(context or {})}
+    context.update(context_trained(host, names - set(context), steps, work, place_first))
+    return {" + ".join(pair): {lock: composition(host, scorer, context if lock == "context" else perfusion, pair,
+                                                 place_first, lock) for lock in LOCKS}
             for pair in COMPOSITION_PAIRS}
 
 
@@ -374,7 +389,7 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, ...], scenes: lis
                    gates: JointProjector | None, lock: str = "local") -> torch.Tensor:
     """Samples of scenes naming one concept per object (`methods`, in order), in one pass per layout (the regions
     follow each scene's places); weight 0: no regions."""
-    superclasses = {m.word: m.trained.superclass for m in methods} if lock == "global" else {}
+    superclasses = {m.word: m.trained.superclass for m in methods} if lock != "local" else {}
     for method in methods:
         host.install_word(method.word, method.embeddings)
     images = torch.empty(len(scenes), 3, host.unet.config.sample_size, host.unet.config.sample_size)
@@ -393,16 +408,16 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, ...], scenes: lis
 def regions_row(host: DiffusersHost, scorer: Scorer, trained: dict[str, dict[str, Method]],
                 datas: tuple[TrainingData, TrainingData], place_first: bool = False) -> dict:
     """Two concepts painted left/right (or top/bottom) in one pass: both present where painted, by region weight, for
-    Perfusion (keys locked locally and globally) and textual inversion (weight 0: no regions); and the time of a
-    painted pass over an unpainted one."""
+    each of `REGION_ROWS` whose method `trained` holds (weight 0: no regions); and the time of a painted pass over an
+    unpainted one."""
     scenes = pair_scenes(place_first=place_first)
     concepts = tuple(world.CONCEPTS[name] for name in FRONT_CONCEPTS)
     row: dict = {}
-    for name in REGION_ROWS:
-        method = name.removesuffix("_global")
+    for name, (method, lock) in REGION_ROWS.items():
+        if not all(method in trained[concept] for concept in FRONT_CONCEPTS):
+            continue
         methods = tuple(trained[concept][method] for concept in FRONT_CONCEPTS)
-        gates = None if method == "perfusion" else word_gates(host, methods, datas)
-        lock = "global" if name.endswith("_global") else "local"
+        gates = None if method.startswith("perfusion") else word_gates(host, methods, datas)
         row[name] = {f"{weight:g}": scorer.both_present(sample_painted(host, methods, scenes, weight, gates, lock),
                                                         scenes, concepts) for weight in (0.0, *REGION_WEIGHTS)}
     methods = tuple(trained[concept]["perfusion"] for concept in FRONT_CONCEPTS)
@@ -486,7 +501,7 @@ def regions_table(rows: dict[str, dict]) -> str:
     lines = ["| training | method | " + " | ".join(f"w {w}" for w in weights) + " |",
              "|---|---|" + "---|" * len(weights)]
     for training, row in rows.items():
-        for name in REGION_ROWS:
+        for name in (name for name in REGION_ROWS if name in row):
             lines.append(f"| {training} | {name} | " + " | ".join(f"{row[name][w]:.2f}" for w in weights) + " |")
     return "\n".join(lines)
 
@@ -555,7 +570,7 @@ def goals(figures: dict) -> dict[str, bool]:
                                     and r["prompt_fidelity"] >= 0.9 for r in orders.values())
            for lock, orders in pair.items()}
     painted = figures["regions_both_present"]
-    out["painted"] = max(painted["perfusion"][default], painted["perfusion_global"][default]) >= 0.9
+    out["painted"] = max(v[default] for k, v in painted.items() if k.startswith("perfusion")) >= 0.9
     out["painted_overhead"] = painted["overhead"] <= 1.05
     out["front_dominates_ti"] = figures["perfusion_dominates_ti"]
     out["keylock_beats_trained_keys"] = figures["keylock_prompt_gain_same_beta"] > 0
@@ -648,11 +663,13 @@ def main() -> None:
             companion_points.setdefault(name, []).append(ps)
     two_concept_companions = two_concepts(host, scorer, list(zip(*companions.values(), strict=True)), place_first)[0]
     companion_means = {name: _mean_points(ps) for name, ps in companion_points.items()}
-    composition_rows = compositions(host, scorer, trained, args.steps, work, place_first)
+    context = context_trained(host, set(FRONT_CONCEPTS), args.steps, work, place_first)
+    composition_rows = compositions(host, scorer, trained, args.steps, work, place_first, context)
     print(f"composition: {json.dumps(composition_rows)} ({time.monotonic() - started:.0f} s)", flush=True)
     by_name = lambda methods: {c: {m.name: m for m in ms} for c, ms in methods.items()}  # noqa: E731
     regions = regions_row(host, scorer, by_name(trained), tuple(views(c) for c in FRONT_CONCEPTS), place_first)
-    regions_companions = regions_row(host, scorer, by_name(companions), tuple(
+    with_context = {c: {**ms, "perfusion_context": context[c]} for c, ms in by_name(companions).items()}
+    regions_companions = regions_row(host, scorer, with_context, tuple(
         views(c, companions=demo.COMPANION_VIEWS) for c in FRONT_CONCEPTS), place_first)
     print(f"regions: {json.dumps(regions)}, with companion training {json.dumps(regions_companions)} "
           f"({time.monotonic() - started:.0f} s)", flush=True)

@@ -16,7 +16,9 @@ from .patching import apply_uses, current_uses
 from .text import clip_concepts, encoders, text_encoder_layer, with_concepts
 
 LOCK_TOOLTIP = ("local: the concept's keys are locked to its superclass token by token (default). global: "
-                "the keys read the whole prompt encoded with the superclass word (richer scenes; use β 0.4–0.6).")
+                "the keys read the whole prompt encoded with the superclass word (richer scenes; use β 0.4–0.6). "
+                "context: keys and values read it, the concept only its own word's value: for concepts trained "
+                "with lock context, which compose two in one prompt.")
 
 
 def gate_inputs(*left_out: str) -> list:
@@ -40,7 +42,7 @@ def apply_concept(model, clip, use: ConceptUse):
     concepts, superclass = clip_concepts(clip)
     concepts[use.concept.word] = use.concept
     superclass.pop(use.concept.word, None)
-    if use.lock == "global":
+    if use.lock != "local":
         superclass[use.concept.word] = use.concept.superclass
     return patched, with_concepts(clip, concepts, superclass)
 

@@ -7,10 +7,10 @@ host's path still reach it; ComfyUI's per-module load flags are dropped from the
 loaded and weight-patched on its own terms. Nothing touches the shared module: a run without the patch
 sees the model exactly as before.
 
-Global locking: the CLIP returned by Apply Perfusion attaches the prompt encoded with the superclass
+Global and context locking: the CLIP returned by Apply Perfusion attaches the prompt encoded with the superclass
 word as a model condition; a diffusion-model wrapper hands it to an attn2 patch put first
 (`perfusion_core.global_lock.set_superclass_keys`), which makes the K pathway read it while V reads the concept
-prompt.
+prompt; a context-locked V copy also reads the superclass prompt, which that patch relays to it.
 
 Regions: where a concept has one, each patched layer gets an attn2 replace patch that computes the
 attention with the regions' score bias (`perfusion_core.regions`); the layer's V copy records the prompt it
@@ -49,9 +49,10 @@ def host_module(module: nn.Module) -> nn.Module:
     return module.__dict__.get(_HOST, module)
 
 
-def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict | None = None) -> nn.Module:
+def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict | None = None,
+                       relay: dict | None = None) -> nn.Module:
     """A shallow copy of `host` whose forward is `projection` around the host's own forward; with `seen`, each
-    call's input is kept there as `seen["context"]`."""
+    call's input is kept there as `seen["context"]`; `relay` hands a context-locked V the superclass prompt."""
     patched = copy.copy(host)
     state = patched.__dict__
     if "prev_comfy_cast_weights" in state:  # copied mid-load: keep the host's own casting setting
@@ -63,7 +64,7 @@ def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict 
             state[name] = []
     host_forward = type(host).forward
     state["forward"] = gated_forward(lambda y, *args, **kwargs: host_forward(patched, y, *args, **kwargs),
-                                     projection, seen=seen)
+                                     projection, seen=seen, relay=relay)
     state[_HOST] = host  # a plain attribute, not a child module: the parameter paths stay the host's
     return patched
 
@@ -94,10 +95,10 @@ def _carry_superclass(executor: Callable, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def _set_global_lock(clone, enabled: bool) -> None:
+def _set_global_lock(clone, enabled: bool, relay: dict) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     clone.remove_wrappers_with_key(kind, ATTACHMENT)
-    set_superclass_keys(clone.model_options, _superclass_prompt if enabled else None)
+    set_superclass_keys(clone.model_options, _superclass_prompt if enabled else None, relay)
     if enabled:
         clone.add_wrapper_with_key(kind, ATTACHMENT, _carry_superclass)
 
@@ -108,6 +109,7 @@ def apply_uses(model, uses: Sequence[ConceptUse]):
     layers = cross_attention_layers(model.get_model_object("diffusion_model"))
     patches = build_patch(layers, uses)
     clone = model.clone()
+    relay: dict = {}  # the superclass prompt of the attention being computed, for context-locked V copies
     for layer in layers:
         patch = patches[layer.name]
         seen: dict = {}
@@ -118,8 +120,8 @@ def apply_uses(model, uses: Sequence[ConceptUse]):
                 clone.object_patches.pop(key, None)
             else:
                 recording = seen if side == "to_v" and patch.painter is not None else None
-                clone.add_object_patch(key, patched_projection(host, projection, recording))
+                clone.add_object_patch(key, patched_projection(host, projection, recording, relay))
         set_attn2_region(clone.model_options, layer.name, patch.painter, seen)
     clone.set_attachments(ATTACHMENT, tuple(uses))
-    _set_global_lock(clone, any(use.lock == "global" for use in uses))
+    _set_global_lock(clone, any(use.lock != "local" for use in uses), relay)
     return clone

@@ -34,11 +34,12 @@ def _unpatched_forward(unet, key: str, module: nn.Module) -> Callable[..., Tenso
 
 def patch_clone(p, superclass_input: Callable[[Tensor], Tensor]) -> None:
     """Replace `p.sd_model.forge_objects.unet` by a clone carrying the recorded patch (if any); where it locks keys
-    globally, K reads `superclass_input(context)`."""
+    globally, K reads `superclass_input(context)` (and a context-locked V reads it too)."""
     patches = getattr(p, PATCHES_ATTRIBUTE, None)
     if not patches:
         return
     unet = p.sd_model.forge_objects.unet.clone()
+    relay: dict = {}  # the superclass prompt of the attention being computed, for context-locked V projections
     for layer in cross_attention_layers(unet.model.diffusion_model):
         patch, seen = patches[layer.name], {}
         for name, projection in (("to_k", patch.key), ("to_v", patch.value)):
@@ -46,8 +47,9 @@ def patch_clone(p, superclass_input: Callable[[Tensor], Tensor]) -> None:
                 key = f"diffusion_model.{layer.path}.{name}.forward"
                 original = _unpatched_forward(unet, key, getattr(layer, name))
                 recording = seen if name == "to_v" and patch.painter is not None else None
-                unet.add_object_patch(key, gated_forward(original, projection, seen=recording))
+                unet.add_object_patch(key, gated_forward(original, projection, seen=recording, relay=relay))
         set_attn2_region(unet.model_options, layer.name, patch.painter, seen)
-    locked = any(patch.key_reads_superclass for patch in patches.values())
-    set_superclass_keys(unet.model_options, (lambda context, _options: superclass_input(context)) if locked else None)
+    locked = any(patch.reads_superclass for patch in patches.values())
+    set_superclass_keys(unet.model_options, (lambda context, _options: superclass_input(context)) if locked else None,
+                        relay)
     p.sd_model.forge_objects.unet = unet

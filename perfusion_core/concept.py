@@ -88,5 +88,11 @@ class Concept:
         return not self.o_k
 
     @property
+    def trained_lock(self) -> str:
+        """The locking the concept was trained with (`local` for files that do not say), which applying it defaults
+        to."""
+        return self.training.get("lock", "local")
+
+    @property
     def architecture(self) -> str:
         return ARCHITECTURES.get(self.family, f"{self.family}/perfusion")

@@ -94,12 +94,13 @@ class _PipelineConcepts:
                              f"{', '.join(repr(w) for w in self.uses)}")
 
     def apply(self) -> None:
-        """Install the joint patch of the loaded concepts, and the UNet pre-hook where one locks globally."""
+        """Install the joint patch of the loaded concepts, and the UNet pre-hook where one locks globally or by
+        context."""
         uses = list(self.uses.values())
         self.handle = patch_unet(self.pipe.unet, uses)
         if any(use.region is not None for use in uses):
             self.handle.set_noise_schedule(self._noise_schedule())
-        locks_globally = any(use.lock == "global" for use in uses)
+        locks_globally = any(use.lock != "local" for use in uses)
         if locks_globally and self._unet_hook is None:
             self._unet_hook = self.pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
         elif not locks_globally and self._unet_hook is not None:
@@ -166,7 +167,7 @@ class _PipelineConcepts:
                 return encode(*args, **kwargs)
             self._check_clip_skip(call.arguments.get("clip_skip"))
             encoded = encode(*args, **kwargs)
-            words = {u.concept.word: u.concept.superclass for u in self.uses.values() if u.lock == "global"}
+            words = {u.concept.word: u.concept.superclass for u in self.uses.values() if u.lock != "local"}
             if words:
                 call.arguments.update({k: [to_superclass(p, words) for p in v] if isinstance(v, list)
                                        else to_superclass(v, words) for k, v in prompts.items()})
@@ -216,13 +217,16 @@ def _loaded(pipe) -> _PipelineConcepts:
 
 
 def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: float = GATE["beta"].default,
-                   tau: float = GATE["tau"].default, strength: float = GATE["strength"].default, lock: str = "local",
-                   region: torch.Tensor | None = None, region_weight: float = GATE["region_weight"].default) -> Concept:
+                   tau: float = GATE["tau"].default, strength: float = GATE["strength"].default,
+                   lock: str | None = None, region: torch.Tensor | None = None,
+                   region_weight: float = GATE["region_weight"].default) -> Concept:
     """Load a concept (a file, or a `Concept`) into a diffusers SD1/SD2/SDXL pipeline, in place.
 
     Its trigger word becomes a token of the pipeline's tokenizer(s) and the UNet gets the joint gated rank-1 patch of
     every concept loaded so far; loading a concept word again replaces that concept. `lock="global"` has K read the
-    prompt encoded with the superclass word in place of the trigger word. `region`, an (H, W) mask in [0, 1] of the
+    prompt encoded with the superclass word in place of the trigger word, `lock="context"` K and V (the concept then
+    lives only in its own token's value: what composes two concepts in one prompt); None, the lock the concept was
+    trained with. `region`, an (H, W) mask in [0, 1] of the
     image (any resolution), paints where the concept goes, with strength `region_weight` (`perfusion_core.regions`).
     A concept that does not fit the pipeline (family, widths, text-encoder layer) raises `IncompatibleConceptError`
     and changes nothing. Returns the concept.

@@ -53,18 +53,24 @@ class SuperclassTwins:
         return row
 
 
-def set_superclass_keys(model_options: dict, reads: Callable[[Tensor, dict], Tensor] | None) -> None:
+def set_superclass_keys(model_options: dict, reads: Callable[[Tensor, dict], Tensor] | None,
+                        relay: dict | None = None) -> None:
     """Put first among the attn2 patches of a ComfyUI-style patcher's `model_options` one that hands K
     `reads(context, transformer_options)` (the superclass prompt) and V the prompt, in place of an earlier one of ours;
-    None takes it away. The other attn2 patches (a hypernetwork, an IP-Adapter) then transform the superclass prompt as
-    they do the prompt. The dicts on the way are copied and the list is new: a clone may share them with its source."""
+    None takes it away. With `relay`, it also leaves the superclass prompt there as `relay["superclass"]` for the
+    context-locked V projection of the same attention (`patch.gated_forward`), which reads both prompts. The other
+    attn2 patches (a hypernetwork, an IP-Adapter) then transform the superclass prompt as they do the prompt. The
+    dicts on the way are copied and the list is new: a clone may share them with its source."""
     options = model_options["transformer_options"] = dict(model_options.get("transformer_options", {}))
     patches = options["patches"] = dict(options.get("patches", {}))
     attn2 = [p for p in patches.get("attn2_patch", []) if not getattr(p, "perfusion", False)]
     if reads is not None:
         def superclass_keys(n: Tensor, context: Tensor, value: Tensor,
                             extra_options: dict) -> tuple[Tensor, Tensor, Tensor]:
-            return n, reads(context, extra_options), value
+            superclass = reads(context, extra_options)
+            if relay is not None:
+                relay["superclass"] = superclass
+            return n, superclass, value
 
         superclass_keys.perfusion = True
         attn2.insert(0, superclass_keys)

@@ -24,20 +24,24 @@ from .layers import CrossAttentionLayer, check_concept, cross_attention_layers
 from .rank1 import GatedProjection, GateSettings, JointProjector
 from .regions import RegionPainter, as_region
 
-LOCKS = ("local", "global")
+LOCKS = ("local", "global", "context")
 log = logging.getLogger("perfusion")
 
 
 @dataclass(frozen=True)
 class ConceptUse:
-    """A concept as applied: its gate (β, τ), strength, key locking (`local` or `global`), and optionally a
-    region (an (H, W) mask in [0, 1] of where it goes, any resolution) with its weight (`regions`)."""
+    """A concept as applied: its gate (β, τ), strength, locking, and optionally a region (an (H, W) mask in [0, 1] of
+    where it goes, any resolution) with its weight (`regions`).
+
+    Locking: `local` locks the concept token's key to its superclass's; `global` makes every K read the prompt
+    encoded with the superclass word; `context` makes every K and V read it, the concept living only in its own
+    token's value target (what composes two concepts in one prompt). None: the lock the concept was trained with."""
 
     concept: Concept
     beta: float = GATE["beta"].default
     tau: float = GATE["tau"].default
     strength: float = GATE["strength"].default
-    lock: str = "local"
+    lock: str | None = None
     region: Any = field(default=None, compare=False)
     region_weight: float = GATE["region_weight"].default
 
@@ -49,9 +53,11 @@ class ConceptUse:
                              region_weight=self.region_weight)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        if self.lock is None:
+            object.__setattr__(self, "lock", self.concept.trained_lock)
         if self.lock not in LOCKS:
             raise PerfusionError(f"lock must be one of {LOCKS}, got {self.lock!r}")
-        if self.lock == "global" and not self.concept.key_locked:
+        if self.lock != "local" and not self.concept.key_locked:
             raise PerfusionError(f"concept '{self.concept.name}' has trained keys, so it cannot lock them globally: "
                                  "use lock 'local'")
         if self.region is not None:
@@ -104,13 +110,18 @@ def _settings(use: ConceptUse) -> str:
 
 @dataclass
 class LayerPatch:
-    """The edit of one cross-attention layer: K and V projections, whether K reads the superclass prompt, and the
-    concepts' regions (shared by every layer; None when no concept has one)."""
+    """The edit of one cross-attention layer: K and V projections, whether K reads the superclass prompt (V does where
+    `value.reads_superclass`), and the concepts' regions (shared by every layer; None when no concept has one)."""
 
     key: GatedProjection | None
     value: GatedProjection
     key_reads_superclass: bool = False
     painter: RegionPainter | None = None
+
+    @property
+    def reads_superclass(self) -> bool:
+        """Whether the host must hand this layer the prompt encoded with the superclass words."""
+        return self.key_reads_superclass or self.value.reads_superclass
 
 
 def _joint_projector(uses: Sequence[ConceptUse]) -> JointProjector:
@@ -158,11 +169,14 @@ def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) 
         key_projector = None  # every concept is globally locked: K reads the superclass prompt unedited
     keyed = [uses[j].concept for j in local]
     painter = RegionPainter(value_projector, [u.region for u in uses], [u.region_weight for u in uses])
+    # one context-locked concept makes V read the superclass prompt, where the others' words are superclass words too
+    context_locked = any(u.lock == "context" for u in uses)
+    superclass_inputs = torch.stack([u.concept.i_super for u in uses]) if context_locked else None
     return {
         layer.name: LayerPatch(
             key=GatedProjection(key_projector, *_key_targets(keyed, layer)) if key_projector else None,
-            value=GatedProjection(value_projector,
-                                  added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses])),
+            value=GatedProjection(value_projector, added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses]),
+                                  superclass_inputs=superclass_inputs),
             key_reads_superclass=len(local) < len(uses),
             painter=painter or None,
         )
@@ -181,16 +195,18 @@ def _key_targets(concepts: Sequence[Concept], layer: CrossAttentionLayer) -> tup
     )
 
 
-def gated_forward(original: Callable[..., Tensor], projection: GatedProjection,
-                  seen: dict | None = None) -> Callable[..., Tensor]:
+def gated_forward(original: Callable[..., Tensor], projection: GatedProjection, seen: dict | None = None,
+                  relay: dict | None = None) -> Callable[..., Tensor]:
     """A projection's forward for hosts that patch forwards (ComfyUI, Forge): `original(x, *args, **kwargs)` with the
     gated edit of `projection` around it; with `seen`, each call's input is kept as `seen["context"]` (the prompt that
-    regions find the concepts' tokens in)."""
+    regions find the concepts' tokens in); a context-locked projection reads the superclass prompt from
+    `relay["superclass"]` (`global_lock.set_superclass_keys`)."""
 
     def forward(x: Tensor, *args, **kwargs) -> Tensor:
         if seen is not None:
             seen["context"] = x
-        return projection(lambda y: original(y, *args, **kwargs), x)
+        superclass = superclass_input((relay or {}).get("superclass"), x) if projection.reads_superclass else None
+        return projection(lambda y: original(y, *args, **kwargs), x, superclass)
 
     return forward
 
@@ -206,7 +222,8 @@ def _with_input(args: tuple, kwargs: dict, x: Tensor) -> tuple[tuple, dict]:
 
 
 def superclass_input(superclass_context: Tensor | None, e: Tensor) -> Tensor:
-    """What a globally locked K projection reads in place of the prompt `e`: the superclass prompt."""
+    """What a globally locked K projection reads in place of the prompt `e` (a context-locked V beside it): the
+    superclass prompt."""
     if superclass_context is None or superclass_context.shape != e.shape:
         raise PerfusionError(
             "global locking needs the prompt encoded with the superclass word, of the same shape "
@@ -323,7 +340,8 @@ class PatchHandle:
             if projection is None:
                 pending.append(None)
             else:
-                e, weighted_gates = projection.rewrite_input(e)
+                superclass = superclass_input(self.superclass_context, e) if projection.reads_superclass else None
+                e, weighted_gates = projection.rewrite_input(e, superclass)
                 pending.append((projection, weighted_gates))
             return _with_input(args, kwargs, e)
 

@@ -3,7 +3,8 @@
 A host (diffusers, ComfyUI, A1111) implements the small `TrainingHost` protocol; nothing else about
 it reaches the loop. Only the value targets `o*_V` and the concept word's embedding(s) are trained;
 `i*` follows the concept word's encoding by EMA, the keys stay locked to the superclass (or, with
-`lock_keys=False`, the paper's ablation, key targets `o*_K` are trained like the value targets).
+`lock_keys=False`, the paper's ablation, key targets `o*_K` are trained like the value targets). With `lock="global"` or
+`"context"` the UNet reads the training captions encoded with the superclass word as it will at inference (`patch`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .knobs import RECIPE
 from .layers import CrossAttentionLayer, cross_attention_layers
 from .memory import use_gradient_checkpointing
 from .objective import DiffusionObjective
-from .patch import ConceptUse, PatchHandle, build_patch, install_patch
+from .patch import LOCKS, ConceptUse, PatchHandle, build_patch, install_patch
 from .precision import LossScaler
 from .second_moment import Progress, SecondMoment
 from .words import check_training_words
@@ -121,9 +122,15 @@ class TrainSettings:
     templates: tuple[str, ...] = TEMPLATES
     gradient_checkpointing: bool | None = None  # None: on where the card's free memory needs it (`memory`)
     lock_keys: bool = True
+    lock: str = "local"  # how the concept is applied while training, and by default afterwards (`ConceptUse`)
 
     def __post_init__(self) -> None:
         check_training_words(self.word, self.superclass)
+        if self.lock not in LOCKS:
+            raise TrainingError(f"lock must be one of {', '.join(LOCKS)}, got {self.lock!r}")
+        if self.lock != "local" and not self.lock_keys:
+            raise TrainingError(f"lock '{self.lock}' locks the keys to the superclass, so it cannot train them: "
+                                "use lock 'local' with lock_keys=False")
         for name, knob in RECIPE.items():
             try:
                 setattr(self, name, knob.check(getattr(self, name), "training"))
@@ -315,7 +322,7 @@ class Trainer:
             text_encoder_layer=self.host.text_encoder_layer, i_star=self.i_star.float(), v=v,
             i_super=self.i_super.float(), embeddings=self.embeddings, o_v=self.targets, o_k=self.key_targets,
             c_fingerprint=self._moment.fingerprint,
-            training={"beta": str(s.beta), "tau": str(s.tau), "steps": str(self.step),
+            training={"beta": str(s.beta), "tau": str(s.tau), "lock": s.lock, "steps": str(self.step),
                       "images": str(self.data.images.shape[0]), "seed": str(s.seed)},
         )
 
@@ -347,7 +354,10 @@ class Trainer:
         if update_ema:
             encodings = cond.context[self.host.word_mask(batch.prompts, s.word)].detach().double().mean(0).cpu()
             self.i_star = s.ema * self.i_star + (1 - s.ema) * encodings
-        handle.patches = build_patch(self.layers, [ConceptUse(self.concept(), s.beta, s.tau)])
+        handle.patches = build_patch(self.layers, [ConceptUse(self.concept(), s.beta, s.tau, lock=s.lock)])
+        if s.lock != "local":
+            with torch.no_grad():
+                handle.set_superclass_context(self.host.encode(batch.superclass_prompts, None).context)
         objective = self.host.objective
         device = cond.context.device
         x0, noise, t = batch.x0.to(device), batch.noise.to(device), batch.t.to(device)
@@ -476,8 +486,10 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------------
 
     def _preview(self, handle: PatchHandle) -> None:
+        """Sample the preview prompts with the concept as it stands, locked locally (a host's preview sampler encodes
+        no superclass prompt)."""
         s = self.settings
-        handle.patches = build_patch(self.layers, [ConceptUse(self.concept())])
+        handle.patches = build_patch(self.layers, [ConceptUse(self.concept(), lock="local")])
         prompts = [p.format(s.word) for p in s.preview_prompts for _ in s.preview_seeds]
         seeds = [seed for _ in s.preview_prompts for seed in s.preview_seeds]
         with torch.no_grad():

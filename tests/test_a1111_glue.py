@@ -320,6 +320,23 @@ def test_forge_global_lock_runs_first_among_the_attn2_patches(sd1_unet, sd1_laye
     assert clone.model_options["transformer_options"]["patches"]["attn2_patch"] == [theirs]
 
 
+def test_forge_context_lock_relays_the_superclass_prompt_to_v(sd1_unet, sd1_layers):
+    from perfusion_a1111.forge import PATCHES_ATTRIBUTE, patch_clone
+    from perfusion_core import ConceptUse, build_patch
+
+    unet, layer = _ForgeUnet(sd1_unet, {}), sd1_layers[0]
+    prompt, superclass = torch.randn(2, 4, 768), torch.randn(2, 4, 768)
+    patches = build_patch(sd1_layers, [ConceptUse(random_concept(sd1_layers), lock="context")])
+    p = SimpleNamespace(sd_model=SimpleNamespace(forge_objects=SimpleNamespace(unet=unet)))
+    setattr(p, PATCHES_ATTRIBUTE, patches)
+    patch_clone(p, lambda e: superclass)
+    with torch.no_grad():
+        k, v = p.sd_model.forge_objects.unet.attn2_projections(layer, prompt)
+        expected = patches[layer.name].value(layer.to_v, prompt, superclass)
+    assert torch.equal(k, layer.to_k(superclass))
+    assert torch.allclose(v, expected, atol=1e-5) and not torch.allclose(v, layer.to_v(superclass), atol=1e-3)
+
+
 def test_global_lock_refuses_a_superclass_of_another_length_and_skips_training_encodes():
     from perfusion_a1111.global_lock import SuperclassContexts
 

@@ -252,10 +252,11 @@ def test_superclass_prompts_replace_whole_words_only():
     assert mentions("A HUGSY", words) and not mentions("hugsys", words) and not mentions("a hugsy", [])
 
 
-def test_global_lock_keys_read_the_superclass_prompt(sd1_file):
+@pytest.mark.parametrize("lock", ["global", "context"])
+def test_global_and_context_locks_read_the_superclass_prompt(sd1_file, lock):
     pipe = tiny_pipeline("sd1")
     before = _state(pipe)
-    load_perfusion(pipe, sd1_file, beta=0.5, lock="global")
+    load_perfusion(pipe, sd1_file, beta=0.5, lock=lock)
     prompt = "a photo of hugsy and hugsys"
     global_lock = _render(pipe, prompt)
     superclass = pipe.unet._perfusion_handle.superclass_context  # the last UNet call's: [negative; prompt]
@@ -267,7 +268,7 @@ def test_global_lock_keys_read_the_superclass_prompt(sd1_file):
     set_perfusion(pipe, "hugsy", lock="local")
     assert not torch.allclose(_render(pipe, prompt), global_lock, atol=1e-4)
     assert _hooks(pipe.unet) == 4 * len(cross_attention_layers(pipe.unet))  # only the patch's own hooks
-    set_perfusion(pipe, "hugsy", lock="global")
+    set_perfusion(pipe, "hugsy", lock=lock)
     assert torch.equal(_render(pipe, prompt), global_lock)
     unload_perfusion(pipe)
     _assert_restored(pipe, before)

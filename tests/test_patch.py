@@ -133,6 +133,35 @@ def test_global_lock_reads_the_superclass_prompt(sd1_unet, sd1_layers):
         assert torch.equal(layer.to_k(e), layer.to_k.forward(e_super))
 
 
+def test_context_lock_reads_the_superclass_prompt_on_both_sides(sd1_unet, sd1_layers):
+    concept = random_concept(sd1_layers)
+    layer = sd1_layers[1]
+    e, e_super = torch.randn(1, 4, 768), torch.randn(1, 4, 768)
+    e[0, 2] = concept.i_star  # the concept's word at token 2; its superclass word there in e_super
+    e_super[0, 2] = concept.i_super
+    with patch_unet(sd1_unet, [ConceptUse(concept, 0.5, 0.15, lock="context")]) as handle:
+        with pytest.raises(PerfusionError, match="superclass"):
+            layer.to_v(e)
+        handle.set_superclass_context(e_super)
+        k, v = layer.to_k(e), layer.to_v(e)
+        projector = handle.patches[layer.name].value.projector
+    assert torch.equal(k, layer.to_k.forward(e_super))
+    # V: the superclass prompt, with the concept's token taking its target in proportion to the gate read from e
+    c = (e[0] @ projector.coefficient_map)[:, 0]
+    g = gate(projector.similarity(e[0])[:, 0], 0.5, 0.15)
+    w_v = layer.to_v.weight
+    expected = (e_super[0] - c[:, None] * concept.i_super) @ w_v.T + g[:, None] * concept.o_v[layer.name]
+    assert torch.allclose(v[0], expected, atol=1e-4)
+    assert g[2] > 0.9 and torch.allclose(v[0, 2], g[2] * concept.o_v[layer.name], atol=1e-4)  # the superclass removed
+
+
+def test_a_concept_applies_with_the_lock_it_was_trained_with(sd1_layers):
+    concept = random_concept(sd1_layers)
+    assert ConceptUse(concept).lock == "local"
+    concept.training = {**concept.training, "lock": "context"}
+    assert ConceptUse(concept).lock == "context" and ConceptUse(concept, lock="local").lock == "local"
+
+
 def test_two_concepts_form_one_joint_patch(sd1_unet, sd1_layers):
     a, b = random_concept(sd1_layers, "aaa", seed=1), random_concept(sd1_layers, "bbb", seed=2)
     layer = sd1_layers[5]

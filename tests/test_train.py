@@ -309,6 +309,26 @@ def test_trained_keys_learn_key_targets_and_resume(sd1_folder, tmp_path):
     assert all(torch.equal(whole.o_k[n], resumed.o_k[n]) for n in whole.o_k)
 
 
+def test_context_locked_training_reads_the_superclass_captions_and_is_kept_in_the_file(sd1_folder, tmp_path):
+    host = _host(sd1_folder, tmp_path)
+    encoded = []
+    original = host.encode
+    host.encode = lambda prompts, embeddings: encoded.append(list(prompts)) or original(prompts, embeddings)
+    captions = ("a photo of {}", "a {} on a table")
+    data = TrainingData(random_images(2), captions=captions)
+    result = Trainer(host, data, _settings(steps=2, lock="context"), tmp_path / "c.safetensors").run()
+    assert any(set(p) <= {c.format("teddy") for c in captions} for p in encoded[1:])  # the superclass captions
+    concept = load_concept(result.concept_path)
+    assert concept.trained_lock == "context"
+    layer = Trainer(host, data, _settings(), tmp_path / "x.safetensors").layers[0]
+    with torch.no_grad():
+        assert not torch.allclose(concept.o_v[layer.name], layer.to_v(concept.i_super[None])[0], atol=1e-4)  # moved
+    with pytest.raises(TrainingError, match="cannot train them"):
+        _settings(lock="context", lock_keys=False)
+    with pytest.raises(TrainingError, match="lock must be one of"):
+        _settings(lock="everywhere")
+
+
 def test_sdxl_trains_on_the_pooled_vector_sampling_passes(tmp_path):
     """The pooled vector of the prompt itself, with the word's current embedding, as the pipeline encodes it for
     sampling (and as A1111 and ComfyUI train); it used to be the superclass prompt's in this host alone."""

@@ -73,6 +73,12 @@ def training_data(concept: str, views: tuple[tuple[str, str], ...] = TRAINING_VI
     return TrainingData(images.float(), captions=tuple(captions))
 
 
+def context_data(concept: str, place_first: bool = False) -> TrainingData:
+    """The views and the companion views of a held-out concept: what a context-locked concept trains on, so that its
+    word is learnt in either place of a two-object sentence."""
+    return training_data(concept, companions=COMPANION_VIEWS, place_first=place_first)
+
+
 def train_settings(word: str, superclass: str, steps: int = 400, **overrides) -> TrainSettings:
     """The toy world's recipe: the paper's, with batch 16 in one go, no mirroring (captions say left and right),
     the larger value-target and smaller embedding learning rates."""
@@ -99,6 +105,16 @@ def pair_prompts(words: tuple[str, str], place_first: bool = False,
     return [world.caption(scene, words, place_first) for scene in scenes]
 
 
+def sample(host: DiffusersHost, uses: list[ConceptUse], prompts: list[str], seeds: list[int]) -> torch.Tensor:
+    """`host.sample` with `uses` applied (their words installed); locked otherwise than locally, the UNet also reads
+    the prompts encoded with the superclass words."""
+    with patch_unet(host.unet, uses) as handle:
+        if any(use.lock != "local" for use in uses):
+            superclasses = {use.concept.word: use.concept.superclass for use in uses}
+            handle.set_superclass_context(host.superclass_context(prompts, superclasses))
+        return host.sample(prompts, seeds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="demo_output", help="output folder")
@@ -114,12 +130,13 @@ def main() -> None:
     place_first = toymodel.places_first(args.model)
     host = DiffusersHost(args.model, captions=world_captions(place_first=place_first), cache_dir=out / "cache",
                          guidance=4.0)
-    datas = [training_data(name, place_first=place_first) for name in PAIR]
+    datas = [context_data(name, place_first) for name in PAIR]
     concepts = []
     for name, word, data in zip(PAIR, (args.word, *PAIR_WORDS[1:]), datas, strict=True):
         superclass = world.CONCEPTS[name].superclass
         print(f"training '{word}' (superclass '{superclass}') on {len(data.images)} images for {args.steps} steps ...")
-        result = Trainer(host, data, train_settings(word, superclass, args.steps), out / f"{word}.safetensors").run()
+        settings = train_settings(word, superclass, args.steps, lock="context")
+        result = Trainer(host, data, settings, out / f"{word}.safetensors").run()
         concepts.append(load_concept(result.concept_path))
         size_kb = result.concept_path.stat().st_size / 1024
         print(f"saved {result.concept_path} ({size_kb:.1f} KB) at {time.monotonic() - started:.0f} s; "
@@ -131,14 +148,9 @@ def main() -> None:
     rows = [torch.cat([images, torch.ones(len(BETAS) - len(images), 3, 16, 16)])[: len(BETAS)]]
     one = [prompt.format(args.word) for prompt in prompts(PAIR[0], place_first)]
     for prompt in one:
-        row = []
-        for beta in BETAS:
-            with patch_unet(host.unet, [ConceptUse(concepts[0], beta)]):
-                row.append(host.sample([prompt], [0]))
-        rows.append(torch.cat(row))
+        rows.append(torch.cat([sample(host, [ConceptUse(concepts[0], beta)], [prompt], [0]) for beta in BETAS]))
     two = pair_prompts(tuple(c.word for c in concepts), place_first)
-    with patch_unet(host.unet, [ConceptUse(c) for c in concepts]):
-        rows.append(host.sample(two, list(range(len(two)))))
+    rows.append(sample(host, [ConceptUse(c) for c in concepts], two, list(range(len(two)))))
     grid = image_grid(torch.cat(rows), columns=len(BETAS))
     path = save_image(grid, out / "grid.png", scale=8)  # 16 px images, shown 8x
     print(f"grid: {path} (row 1: training images of '{args.word}'; rows 2-{len(one) + 1}: the prompts below, "
