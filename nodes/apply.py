@@ -15,7 +15,9 @@ from .inputs import number_input, require
 from .patching import apply_uses, current_uses
 from .text import clip_concepts, encoders, text_encoder_layer, with_concepts
 
-LOCK_TOOLTIP = ("local: the concept's keys are locked to its superclass token by token (default). global: "
+TRAINED = "trained"
+LOCK_TOOLTIP = ("trained: the lock the concept was trained with (default; local for older files). local: the "
+                "concept's keys are locked to its superclass token by token. global: "
                 "the keys read the whole prompt encoded with the superclass word (richer scenes; use β 0.4–0.6). "
                 "context: keys and values read it, the concept only its own word's value: for concepts trained "
                 "with lock context, which compose two in one prompt.")
@@ -24,7 +26,12 @@ LOCK_TOOLTIP = ("local: the concept's keys are locked to its superclass token by
 def gate_inputs(*left_out: str) -> list:
     """A widget per gate knob but `left_out` and the region's weight (it follows the region), then the lock."""
     knobs = [number_input(k) for name, k in GATE.items() if name not in (*left_out, "region_weight")]
-    return [*knobs, io.Combo.Input("lock", options=list(LOCKS), default=LOCKS[0], tooltip=LOCK_TOOLTIP)]
+    return [*knobs, io.Combo.Input("lock", options=[TRAINED, *LOCKS], default=TRAINED, tooltip=LOCK_TOOLTIP)]
+
+
+def lock_of(choice: str) -> str | None:
+    """The `ConceptUse` lock of a lock widget's choice (None: the concept's own)."""
+    return None if choice == TRAINED else choice
 
 
 def check_clip(clip, concept: Concept) -> None:
@@ -77,7 +84,7 @@ class ApplyPerfusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, concept: Concept, lock: str, region=None, **knobs: float) -> io.NodeOutput:
-        use = ConceptUse(concept, lock=lock, region=region, **knobs)
+        use = ConceptUse(concept, lock=lock_of(lock), region=region, **knobs)
         return io.NodeOutput(*apply_concept(model, clip, use))
 
 
@@ -116,7 +123,7 @@ class PerfusionGateSweep(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, concept: Concept, betas: str, lock: str, **knobs: float) -> io.NodeOutput:
         values = parse_betas(betas)
-        results = [apply_concept(model, clip, ConceptUse(concept, b, lock=lock, **knobs)) for b in values]
+        results = [apply_concept(model, clip, ConceptUse(concept, b, lock=lock_of(lock), **knobs)) for b in values]
         return io.NodeOutput([m for m, _ in results], results[0][1], values)
 
 

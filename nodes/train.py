@@ -19,6 +19,7 @@ from ..perfusion_core.captions import load_captions
 from ..perfusion_core.images import data_url, loss_curve, preview_grid, to_pil
 from ..perfusion_core.knobs import RECIPE
 from ..perfusion_core.memory import CHECKPOINTING
+from ..perfusion_core.patch import LOCKS
 from ..perfusion_core.train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 from .concepts import ConceptType, default_folder
 from .host import ComfyHost
@@ -72,6 +73,10 @@ def _inputs() -> list:
                                "auto: on where the card's free memory needs it."),
         io.Mask.Input("mask", optional=True, tooltip="Optional: where the concept is (1) in each image; the loss "
                                                      "outside is weighted 0. One mask per image, or one for all."),
+        io.Combo.Input("lock", options=list(LOCKS), default="local", optional=True,
+                       tooltip="How the concept is applied while training, and by Apply Perfusion's 'trained' lock: "
+                               "local (the paper's), global, or context (keys and values read the superclass "
+                               "prompt: the concept composes with another in one prompt)."),
     ]
 
 
@@ -105,7 +110,8 @@ class TrainPerfusion(io.ComfyNode):
     def execute(cls, model, clip, vae, images: Tensor, word: str, superclass: str, name: str, steps: int,
                 lr_target: float, lr_embedding: float, batch_size: int, seed: int, beta: float, tau: float,
                 preview_every: int, save_every: int, resume: bool, caption_count: int,
-                gradient_checkpointing: str = "auto", mask: Tensor | None = None) -> io.NodeOutput:
+                gradient_checkpointing: str = "auto", mask: Tensor | None = None, lock: str = "local"
+                ) -> io.NodeOutput:
         require(model, comfy.model_patcher.ModelPatcher, "model", "a MODEL")
         require(clip, comfy.sd.CLIP, "clip", "a CLIP")
         require(vae, comfy.sd.VAE, "vae", "a VAE")
@@ -131,7 +137,7 @@ class TrainPerfusion(io.ComfyNode):
             else:
                 settings = TrainSettings(word=word.strip(), superclass=superclass.strip(), lr_target=lr_target,
                                          lr_embedding=lr_embedding, batch_size=batch_size, seed=seed, beta=beta,
-                                         tau=tau, preview_seeds=(seed,), **intervals)
+                                         tau=tau, preview_seeds=(seed,), lock=lock, **intervals)
                 trainer = Trainer(host, data, settings, out)
             # at least one preview: a multiple of the interval falls within the steps still to run
             trainer.settings.preview_every = max(1, min(preview_every, trainer.settings.steps - trainer.step))

@@ -115,7 +115,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         except PerfusionError as error:
             self.fail(sd_model, error)
             return
-        global_words = {r.concept.word: r.concept.superclass for r in resolved if r.request.lock != "local"}
+        global_words = {r.concept.word: r.concept.superclass for r in resolved if r.use.lock != "local"}
         if global_words:
             self.global_lock.install(sd_model, unet, self.handle, global_words, backend.key_context(sd_model))
 

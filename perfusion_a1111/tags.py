@@ -1,5 +1,5 @@
 """The `<perfusion:NAME:BETA[:TAU][:tau=..][:strength=..][:lock=global][:region=..][:region_weight=..]>` prompt
-tag and its infotext lines.
+tag and its infotext lines. Without `lock`, a concept applies with the lock it was trained with.
 
 `region` is a named region (left, right, top, bottom, centre, top-left, ...) or the name of a mask saved in the
 concept folder's `regions/` (from the Perfusion tab). Infotext: `Perfusion: hugsy:0.70:0.15,
@@ -30,7 +30,7 @@ class ConceptRequest:
     beta: float = GATE["beta"].default
     tau: float = GATE["tau"].default
     strength: float = GATE["strength"].default
-    lock: str = "local"
+    lock: str | None = None  # None: the lock the concept was trained with
     region: str | None = None
     region_weight: float = GATE["region_weight"].default
 
@@ -40,7 +40,7 @@ class ConceptRequest:
         if self.region is not None and (not self.region or any(c in self.region for c in ":,<>")):
             raise PerfusionError(f"<{TAG}:{self.name}:...>: region {self.region!r} is empty or contains one of : , < >")
         check_gate(f"<{TAG}:{self.name}:...>", **{name: getattr(self, name) for name in GATE})
-        if self.lock not in LOCKS:
+        if self.lock is not None and self.lock not in LOCKS:
             raise PerfusionError(f"<{TAG}:{self.name}:...>: lock must be one of {', '.join(LOCKS)}, got {self.lock!r}")
 
     def fields(self) -> list[str]:
@@ -48,7 +48,7 @@ class ConceptRequest:
         items = [self.name, f"{self.beta:.2f}", f"{self.tau:.2f}"]
         items += [f"{knob}={getattr(self, knob):.2f}" for knob in GATE if knob not in ("beta", "tau", "region_weight")
                   and getattr(self, knob) != GATE[knob].default]
-        if self.lock != "local":
+        if self.lock is not None:
             items.append(f"lock={self.lock}")
         if self.region is not None:  # the weight always, so that a later default cannot change a pasted image
             items += [f"region={self.region}", f"region_weight={self.region_weight:.2f}"]
@@ -79,7 +79,8 @@ def parse_request(positional: Sequence[str], named: Mapping[str, str]) -> Concep
         raise PerfusionError(f"<{TAG}:{name}:...>: unknown setting {', '.join(unknown)}; known: {', '.join(_NAMED)}")
     values = dict(zip(("beta", "tau"), positional[1:], strict=False)) | named
     numbers = {knob: _number(name, knob, values[knob]) for knob in GATE if knob in values}
-    return ConceptRequest(name=name, lock=str(values.get("lock", "local")).strip(), region=values.get("region"),
+    lock = values.get("lock")
+    return ConceptRequest(name=name, lock=None if lock is None else str(lock).strip(), region=values.get("region"),
                           **numbers)
 
 

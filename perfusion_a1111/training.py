@@ -44,6 +44,7 @@ class TrainRequest:
     preview_steps: int = 20
     resume: bool = False
     gradient_checkpointing: bool | None = _RECIPE["gradient_checkpointing"]  # None: where the card needs it
+    lock: str = _RECIPE["lock"]
 
     def settings(self) -> TrainSettings:
         return TrainSettings(
@@ -51,6 +52,7 @@ class TrainRequest:
             lr_embedding=self.lr_embedding, batch_size=self.batch_size, grad_accum=self.grad_accum, beta=self.beta,
             tau=self.tau, seed=self.seed, save_every=self.save_every, preview_every=self.preview_every,
             preview_prompts=(self.preview_prompt,), gradient_checkpointing=self.gradient_checkpointing,
+            lock=self.lock,
         )
 
 

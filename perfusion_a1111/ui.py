@@ -12,6 +12,7 @@ from perfusion_core import PerfusionError
 from perfusion_core.images import loss_curve, to_pil
 from perfusion_core.knobs import GATE
 from perfusion_core.memory import CHECKPOINTING
+from perfusion_core.patch import LOCKS
 
 from .network import PerfusionNetwork
 from .training import TrainRequest, train
@@ -30,7 +31,8 @@ ROWS = (
      ("preview_every", "Preview every N steps (0: none)"), ("preview_steps", "Preview sampling steps")),
     (("preview_prompt", "Preview prompt ({} is the concept word)"),),
     (("resume", "Resume from the file's training state"),
-     ("gradient_checkpointing", "Gradient checkpointing (less memory, slower; auto: where the card needs it)")),
+     ("gradient_checkpointing", "Gradient checkpointing (less memory, slower; auto: where the card needs it)"),
+     ("lock", "Lock (context: composes with other concepts in one prompt)")),
 )
 
 
@@ -39,6 +41,8 @@ def _component(key: str, label: str, default) -> gr.components.Component:
     if key == "gradient_checkpointing":
         choice = next(name for name, value in CHECKPOINTING.items() if value is default)
         return gr.Dropdown(label=label, choices=list(CHECKPOINTING), value=choice, elem_id=elem_id)
+    if key == "lock":
+        return gr.Dropdown(label=label, choices=list(LOCKS), value=default, elem_id=elem_id)
     if isinstance(default, bool):
         return gr.Checkbox(label=label, value=default, elem_id=elem_id)
     if isinstance(default, (int, float)):

@@ -171,12 +171,11 @@ def build_patch(layers: Sequence[CrossAttentionLayer], uses: Iterable[UseLike]) 
     painter = RegionPainter(value_projector, [u.region for u in uses], [u.region_weight for u in uses])
     # one context-locked concept makes V read the superclass prompt, where the others' words are superclass words too
     context_locked = any(u.lock == "context" for u in uses)
-    superclass_inputs = torch.stack([u.concept.i_super for u in uses]) if context_locked else None
     return {
         layer.name: LayerPatch(
             key=GatedProjection(key_projector, *_key_targets(keyed, layer)) if key_projector else None,
             value=GatedProjection(value_projector, added_outputs=torch.stack([u.concept.o_v[layer.name] for u in uses]),
-                                  superclass_inputs=superclass_inputs),
+                                  reads_superclass=context_locked),
             key_reads_superclass=len(local) < len(uses),
             painter=painter or None,
         )

@@ -13,6 +13,7 @@ from .errors import TrainingError
 from .images import image_grid, load_image_folder, loss_curve, save_image
 from .knobs import RECIPE
 from .memory import CHECKPOINTING
+from .patch import LOCKS
 from .precision import PRECISIONS
 from .train import StepInfo, Trainer, TrainingData, TrainSettings, state_path_for
 
@@ -45,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     recipe.add_argument("--gradient-checkpointing", choices=list(CHECKPOINTING), default="auto",
                         help="recompute UNet activations in the backward pass: less memory, ~30%% more time "
                              "(auto: where the card's free memory needs it)")
+    recipe.add_argument("--lock", choices=list(LOCKS), default="local",
+                        help="how the concept is applied while training and, by default, afterwards: local (the "
+                             "paper's), global (every key reads the superclass prompt) or context (keys and values "
+                             "read it; composes two concepts in one prompt)")
     run = parser.add_argument_group("run")
     run.add_argument("--preview-prompt", action="append", help="preview prompt with {} for the word (repeatable)")
     run.add_argument("--resume", metavar="FILE", help="continue from a concept or .state.safetensors file")
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
     checkpointing = CHECKPOINTING[args.gradient_checkpointing]
     settings = None if args.resume else TrainSettings(  # checked before the model loads
         word=args.token, superclass=args.superclass, **{name: getattr(args, name) for name in RECIPE},
-        gradient_checkpointing=checkpointing,
+        gradient_checkpointing=checkpointing, lock=args.lock,
         **({"preview_prompts": tuple(args.preview_prompt)} if args.preview_prompt else {}),
     )
     captions = load_captions(args.captions)

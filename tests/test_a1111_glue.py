@@ -33,7 +33,8 @@ def test_tag_arguments_as_a1111_splits_them():
     assert parse_request(["hugsy", "0.6", "0.2"], {}) == ConceptRequest("hugsy", 0.6, 0.2)
     assert parse_request([" hugsy ", " 0.5 "], {" tau": "0.3 ", "strength": "0.8", "lock": "global"}) == \
         ConceptRequest("hugsy", 0.5, 0.3, 0.8, "global")
-    assert parse_request(["hugsy"], {}) == ConceptRequest("hugsy", 0.7, 0.15, 1.0, "local")
+    assert parse_request(["hugsy"], {}) == ConceptRequest("hugsy", 0.7, 0.15, 1.0, None)  # the concept's own lock
+    assert parse_request(["hugsy"], {"lock": "context"}).tag == "<perfusion:hugsy:0.70:0.15:lock=context>"
     assert parse_items(["hugsy", "0.65", "tau=0.2"]) == ConceptRequest("hugsy", 0.65, 0.2)
 
 

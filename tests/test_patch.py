@@ -150,7 +150,7 @@ def test_context_lock_reads_the_superclass_prompt_on_both_sides(sd1_unet, sd1_la
     c = (e[0] @ projector.coefficient_map)[:, 0]
     g = gate(projector.similarity(e[0])[:, 0], 0.5, 0.15)
     w_v = layer.to_v.weight
-    expected = (e_super[0] - c[:, None] * concept.i_super) @ w_v.T + g[:, None] * concept.o_v[layer.name]
+    expected = ((1 - c[:, None]) * e_super[0]) @ w_v.T + g[:, None] * concept.o_v[layer.name]
     assert torch.allclose(v[0], expected, atol=1e-4)
     assert g[2] > 0.9 and torch.allclose(v[0, 2], g[2] * concept.o_v[layer.name], atol=1e-4)  # the superclass removed
 
