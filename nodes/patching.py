@@ -10,7 +10,7 @@ sees the model exactly as before.
 Global and context locking: the CLIP returned by Apply Perfusion attaches the prompt encoded with the superclass
 word as a model condition; a diffusion-model wrapper hands it to an attn2 patch put first
 (`perfusion_core.global_lock.set_superclass_keys`), which makes the K pathway read it while V reads the concept
-prompt; a context-locked V copy also reads the superclass prompt, which that patch relays to it.
+prompt; under context locking V reads it too, and the V copy's gates read the prompt, which that patch relays.
 
 Regions: where a concept has one, each patched layer gets an attn2 replace patch that computes the
 attention with the regions' score bias (`perfusion_core.regions`); the layer's V copy records the prompt it
@@ -52,7 +52,7 @@ def host_module(module: nn.Module) -> nn.Module:
 def patched_projection(host: nn.Module, projection: GatedProjection, seen: dict | None = None,
                        relay: dict | None = None) -> nn.Module:
     """A shallow copy of `host` whose forward is `projection` around the host's own forward; with `seen`, each
-    call's input is kept there as `seen["context"]`; `relay` hands a context-locked V the superclass prompt."""
+    call's prompt is kept there as `seen["context"]`; `relay` hands a context-locked V's gates the prompt."""
     patched = copy.copy(host)
     state = patched.__dict__
     if "prev_comfy_cast_weights" in state:  # copied mid-load: keep the host's own casting setting
@@ -95,7 +95,7 @@ def _carry_superclass(executor: Callable, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def _set_global_lock(clone, enabled: bool, relay: dict) -> None:
+def _set_global_lock(clone, enabled: bool, relay: dict | None) -> None:
     kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
     clone.remove_wrappers_with_key(kind, ATTACHMENT)
     set_superclass_keys(clone.model_options, _superclass_prompt if enabled else None, relay)
@@ -109,7 +109,8 @@ def apply_uses(model, uses: Sequence[ConceptUse]):
     layers = cross_attention_layers(model.get_model_object("diffusion_model"))
     patches = build_patch(layers, uses)
     clone = model.clone()
-    relay: dict = {}  # the superclass prompt of the attention being computed, for context-locked V copies
+    # the prompt of the attention being computed, for the gates of context-locked V copies
+    relay = {} if any(use.lock == "context" for use in uses) else None
     for layer in layers:
         patch = patches[layer.name]
         seen: dict = {}

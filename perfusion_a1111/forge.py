@@ -39,7 +39,8 @@ def patch_clone(p, superclass_input: Callable[[Tensor], Tensor]) -> None:
     if not patches:
         return
     unet = p.sd_model.forge_objects.unet.clone()
-    relay: dict = {}  # the superclass prompt of the attention being computed, for context-locked V projections
+    # the prompt of the attention being computed, for the gates of context-locked V projections
+    relay = {} if any(patch.value.reads_superclass for patch in patches.values()) else None
     for layer in cross_attention_layers(unet.model.diffusion_model):
         patch, seen = patches[layer.name], {}
         for name, projection in (("to_k", patch.key), ("to_v", patch.value)):

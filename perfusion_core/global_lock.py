@@ -57,8 +57,8 @@ def set_superclass_keys(model_options: dict, reads: Callable[[Tensor, dict], Ten
                         relay: dict | None = None) -> None:
     """Put first among the attn2 patches of a ComfyUI-style patcher's `model_options` one that hands K
     `reads(context, transformer_options)` (the superclass prompt) and V the prompt, in place of an earlier one of ours;
-    None takes it away. With `relay`, it also leaves the superclass prompt there as `relay["superclass"]` for the
-    context-locked V projection of the same attention (`patch.gated_forward`), which reads both prompts. The other
+    None takes it away. With `relay` (context locking) V gets the superclass prompt too, and the prompt is left as
+    `relay["prompt"]` for the gates of the V projection of the same attention (`patch.gated_forward`). The other
     attn2 patches (a hypernetwork, an IP-Adapter) then transform the superclass prompt as they do the prompt. The
     dicts on the way are copied and the list is new: a clone may share them with its source."""
     options = model_options["transformer_options"] = dict(model_options.get("transformer_options", {}))
@@ -68,9 +68,10 @@ def set_superclass_keys(model_options: dict, reads: Callable[[Tensor, dict], Ten
         def superclass_keys(n: Tensor, context: Tensor, value: Tensor,
                             extra_options: dict) -> tuple[Tensor, Tensor, Tensor]:
             superclass = reads(context, extra_options)
-            if relay is not None:
-                relay["superclass"] = superclass
-            return n, superclass, value
+            if relay is None:
+                return n, superclass, value
+            relay["prompt"] = context
+            return n, superclass, superclass
 
         superclass_keys.perfusion = True
         attn2.insert(0, superclass_keys)

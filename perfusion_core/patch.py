@@ -197,15 +197,17 @@ def _key_targets(concepts: Sequence[Concept], layer: CrossAttentionLayer) -> tup
 def gated_forward(original: Callable[..., Tensor], projection: GatedProjection, seen: dict | None = None,
                   relay: dict | None = None) -> Callable[..., Tensor]:
     """A projection's forward for hosts that patch forwards (ComfyUI, Forge): `original(x, *args, **kwargs)` with the
-    gated edit of `projection` around it; with `seen`, each call's input is kept as `seen["context"]` (the prompt that
-    regions find the concepts' tokens in); a context-locked projection reads the superclass prompt from
-    `relay["superclass"]` (`global_lock.set_superclass_keys`)."""
+    gated edit of `projection` around it; with `seen`, each call's prompt is kept as `seen["context"]` (where regions
+    find the concepts' tokens). A context-locked projection is handed the superclass prompt, and its gates read the
+    prompt from `relay["prompt"]` (`global_lock.set_superclass_keys`)."""
 
     def forward(x: Tensor, *args, **kwargs) -> Tensor:
+        prompt, superclass = x, None
+        if projection.reads_superclass:
+            prompt, superclass = superclass_input((relay or {}).get("prompt"), x), x
         if seen is not None:
-            seen["context"] = x
-        superclass = superclass_input((relay or {}).get("superclass"), x) if projection.reads_superclass else None
-        return projection(lambda y: original(y, *args, **kwargs), x, superclass)
+            seen["context"] = prompt
+        return projection(lambda y: original(y, *args, **kwargs), prompt, superclass)
 
     return forward
 

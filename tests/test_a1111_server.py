@@ -157,7 +157,7 @@ def test_unknown_concept_stops_the_generation_with_its_name(server, baseline):
     assert server.generate("a photo of hugsy")["images"][0] == baseline
 
 
-def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
+def test_global_and_context_lock_keys_read_the_superclass_prompt(server, baseline):
     prompt = "a photo of hugsy"
     superclass = load_concept(server.concepts / "hugsy.safetensors").superclass
     # K of the concept prompt under global locking is K of the superclass prompt, token for token (the negative
@@ -173,6 +173,11 @@ def test_global_lock_keys_read_the_superclass_prompt(server, baseline):
     full = server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0]
     assert full not in (global_["images"][0], baseline)
     assert server.generate(f"<perfusion:hugsy:0.5:lock=global> {prompt}")["images"][0] == full  # cached conds
+    # context locking: the same keys, V reads the superclass prompt too (on Forge and reForge through the relay)
+    assert torch.equal(server.keys(f"<perfusion:hugsy:0.5:lock=context> {prompt}")["output"], reference)
+    context = server.generate(f"<perfusion:hugsy:0.5:lock=context> {prompt}")
+    assert context["images"][0] not in (full, baseline)
+    assert 'lock=context"' in context["infotext"]
     assert server.generate(prompt)["images"][0] == baseline
 
 

@@ -104,7 +104,7 @@ def test_apply_with_a_controlnet_in_one_graph(server):
     assert render(server) == plain
 
 
-@pytest.mark.parametrize("lock", ["local", "global"])
+@pytest.mark.parametrize("lock", ["local", "global", "context"])
 def test_apply_with_another_attn2_patch_in_one_graph(server, lock):
     """A hypernetwork (ComfyUI's HypernetworkLoader, an attn1/attn2 patch of K and V inputs) beside a concept: both
     apply, in either node order alike, and leave nothing behind. The hypernetwork reaches the keys: globally locked,
@@ -121,7 +121,7 @@ def test_apply_with_another_attn2_patch_in_one_graph(server, lock):
     assert render(server) == plain
     reference = keys(server, prompt=SUPERCLASS_PROMPT, hypernetwork=True)
     assert not torch.allclose(reference, keys(server, prompt=SUPERCLASS_PROMPT))
-    prompt = PROMPT if lock == "global" else SUPERCLASS_PROMPT
+    prompt = PROMPT if lock != "local" else SUPERCLASS_PROMPT
     for order in (("concepts", "hypernetwork"), ("hypernetwork", "concepts")):
         patched = keys(server, prompt=prompt, concepts=({**use, "strength": 0.0},), hypernetwork=True, order=order)
         assert torch.equal(patched, reference), order
@@ -249,15 +249,20 @@ def test_regions_paint_each_concept_in_one_pass_and_leave_no_trace(server):
     assert again == painted
 
 
-def test_global_lock_keys_are_those_of_the_superclass_prompt(server):
-    """Globally locked, K reads the prompt encoded with the superclass word in the concept word's place: the keys are
-    the unpatched model's for the superclass prompt (the negative prompt is its own). Locally locked they are not."""
+def test_global_and_context_lock_keys_are_those_of_the_superclass_prompt(server):
+    """Globally (or context-) locked, K reads the prompt encoded with the superclass word in the concept word's place:
+    the keys are the unpatched model's for the superclass prompt (the negative prompt is its own). Locally locked they
+    are not."""
     reference = keys(server, prompt=SUPERCLASS_PROMPT)
     assert torch.equal(keys(server, prompt=PROMPT, concepts=({**HUGSY, "lock": "global"},)), reference)
     assert not torch.allclose(keys(server, prompt=PROMPT, concepts=(HUGSY,)), reference)
     local = render(server, concepts=(HUGSY,))
     assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.5},)) != local
-    assert render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.7},)) != local
+    global_lock = render(server, concepts=({**HUGSY, "lock": "global", "beta": 0.7},))
+    assert global_lock != local
+    # context locking: the same keys, and V reads the superclass prompt too (another image)
+    assert torch.equal(keys(server, prompt=PROMPT, concepts=({**HUGSY, "lock": "context"},)), reference)
+    assert render(server, concepts=({**HUGSY, "lock": "context", "beta": 0.7},)) not in {local, global_lock}
 
 
 def test_clip_skip_is_named_as_every_host_names_it(server):

@@ -86,7 +86,7 @@ def sample_graph(prompt: str = "a photo of hugsy on the beach", seed: int = 1, s
             g[f"load{k}"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": c["name"]}}
             g[f"apply{k}"] = {"class_type": "PerfusionApply", "inputs": {
                 "model": model, "clip": clip, "concept": [f"load{k}", 0], "beta": c.get("beta", 0.7),
-                "tau": c.get("tau", 0.15), "strength": c.get("strength", 1.0), "lock": c.get("lock", "local"),
+                "tau": c.get("tau", 0.15), "strength": c.get("strength", 1.0), "lock": c.get("lock", "trained"),
                 "region_weight": c.get("region_weight", GATE["region_weight"].default)}}
             if "region" in c:
                 g[f"apply{k}"]["inputs"]["region"] = add_half_mask(f"region{k}", c["region"])
@@ -141,7 +141,7 @@ def sweep_graph(betas: str, prefix: str, concept: str = "hugsy.safetensors", **s
     graph["load"] = {"class_type": "PerfusionLoadConcept", "inputs": {"concept_name": concept}}
     graph["sweep"] = {"class_type": "PerfusionGateSweep", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "concept": ["load", 0], "betas": betas,
-        "tau": 0.15, "strength": 1.0, "lock": "local"}}
+        "tau": 0.15, "strength": 1.0, "lock": "trained"}}
     graph["sample"]["inputs"]["model"] = ["sweep", 0]
     for node in ("pos", "neg"):
         graph[node]["inputs"]["clip"] = ["sweep", 1]
