@@ -71,6 +71,9 @@ SECOND_OBJECTS = (("circle", "green"), ("square", "blue"), ("triangle", "purple"
 SEEDS = (0, 1)
 PAIR_SEEDS = (0, 1, 2)
 COMPANION_METHODS = ("perfusion", "textual_inversion")
+# (method, keys locked, lock): the paper's Perfusion, context-locked Perfusion, the paper's trained-key ablation
+PERFUSION_METHODS = (("perfusion", True, "local"), ("perfusion_context", True, "context"),
+                     ("trained_k", False, "local"))
 REGION_WEIGHTS = (0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
 # row: (method, lock); perfusion_global: keys locked globally; perfusion_context: keys and context locked, trained so
 REGION_ROWS = {"perfusion": ("perfusion", "local"), "perfusion_global": ("perfusion", "global"),
@@ -202,18 +205,18 @@ def train_clock(host: DiffusersHost) -> Callable[[], float]:
 
 
 def train_methods(host: DiffusersHost, concept_name: str, data: TrainingData, steps: int, out: Path,
-                  suffix: str = "", only: tuple[str, ...] | None = None, lock: str = "local") -> list[Method]:
-    """Train the five methods (or those named in `only`) for one concept on `data`; Perfusion locked `lock`."""
+                  suffix: str = "", only: tuple[str, ...] | None = None) -> list[Method]:
+    """Train the six methods (or those named in `only`) for one concept on `data`: Perfusion locked locally (the
+    paper's) and context-locked, its trained-key ablation, and the three baselines."""
     clock = train_clock(host)
     concept, word = world.CONCEPTS[concept_name], WORDS[concept_name]
     recipe = baselines.Recipe(steps=steps, lr_embedding=demo.LR_EMBEDDING)
     methods = []
-    for name, keys_locked in (("perfusion", True), ("trained_k", False)):
+    for name, keys_locked, lock in PERFUSION_METHODS:
         if only is not None and name not in only:
             continue
         started = clock()
-        settings = demo.train_settings(word, concept.superclass, steps, lock_keys=keys_locked,
-                                       lock=lock if keys_locked else "local")
+        settings = demo.train_settings(word, concept.superclass, steps, lock_keys=keys_locked, lock=lock)
         trained = Trainer(host, data, settings, out / f"{concept_name}{suffix}.{name}.safetensors").run().concept
         methods.append(Method(name, word, trained.embeddings, _perfusion(host, trained), BETAS,
                               clock() - started, trained))
@@ -244,8 +247,19 @@ def _baseline(host: DiffusersHost, adapted: baselines.Adapted) -> Callable[[floa
 def render(host: DiffusersHost, method: Method, knob: float, scenes: list[EvalScene]) -> torch.Tensor:
     if method.embeddings:
         host.install_word(method.word, method.embeddings)
-    with method.apply(knob):
-        return host.sample([s.prompt(method.word) for s in scenes], [s.seed for s in scenes])
+    prompts = [s.prompt(method.word) for s in scenes]
+    with method.apply(knob) as handle:
+        read_superclass(host, handle, (method,), prompts)
+        return host.sample(prompts, [s.seed for s in scenes])
+
+
+def read_superclass(host: DiffusersHost, handle: object, methods: tuple[Method, ...], prompts: list[str]) -> None:
+    """Hand the patch of Perfusion concepts trained with global or context locking (which they apply with) the
+    prompts encoded with their superclass words."""
+    words = {m.word: m.trained.superclass for m in methods
+             if isinstance(m.trained, Concept) and m.trained.trained_lock != "local"}
+    if words:
+        handle.set_superclass_context(host.superclass_context(prompts, words))
 
 
 def dominated(point: tuple[float, float], front: list[tuple[float, float]]) -> bool:
@@ -318,8 +332,8 @@ def composition(host: DiffusersHost, scorer: Scorer, concepts: dict[str, Method]
 def context_trained(host: DiffusersHost, names: set[str], steps: int, work: Path, place_first: bool = False
                     ) -> dict[str, Method]:
     """Perfusion concepts trained context-locked on the five views and the companion views (`demo.context_data`)."""
-    return {name: train_methods(host, name, demo.context_data(name, place_first), steps, work, suffix=".context",
-                                only=("perfusion",), lock="context")[0] for name in sorted(names)}
+    return {name: train_methods(host, name, demo.context_data(name, place_first), steps, work, suffix=".companions",
+                                only=("perfusion_context",))[0] for name in sorted(names)}
 
 
 def compositions(host: DiffusersHost, scorer: Scorer, trained: dict[str, list[Method]], steps: int, work: Path,
@@ -444,8 +458,9 @@ def probe_accuracy(scorer: Scorer, n: int = 2000) -> dict[str, float]:
     return toy_probe.score(scorer.probe, torch.from_numpy(images), scenes)
 
 
-COLOURS = {"perfusion": (200, 30, 30), "trained_k": (240, 150, 20), "textual_inversion": (40, 90, 220),
-           "lora_r4": (30, 160, 60), "full_fine_tune": (130, 50, 170), "superclass": (120, 120, 120)}
+COLOURS = {"perfusion": (200, 30, 30), "perfusion_context": (150, 0, 90), "trained_k": (240, 150, 20),
+           "textual_inversion": (40, 90, 220), "lora_r4": (30, 160, 60), "full_fine_tune": (130, 50, 170),
+           "superclass": (120, 120, 120)}
 
 
 def plot_fronts(points: dict[str, list[dict]], path: Path, size: int = 560) -> None:
@@ -541,8 +556,10 @@ def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, 
             continue
         host.install_word(a.word, a.embeddings)
         host.install_word(b.word, b.embeddings)
-        with context:
-            images = host.sample([s.prompt(a.word, b.word) for s in scenes], [s.seed for s in scenes])
+        prompts = [s.prompt(a.word, b.word) for s in scenes]
+        with context as handle:
+            read_superclass(host, handle, (a, b), prompts)
+            images = host.sample(prompts, [s.seed for s in scenes])
         rates[a.name] = scorer.both_present(images, scenes, (first, second))
         if a.name == "perfusion":
             shown = images[:: len(PAIR_SEEDS)]
@@ -550,14 +567,16 @@ def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, 
 
 
 def dominance(points: dict[str, list[dict]], concept_score: str) -> dict[str, bool]:
-    """Perfusion's front against the baselines', with `concept_score` against prompt fidelity."""
+    """Each Perfusion front (locked locally, by context) against the baselines', with `concept_score` against prompt
+    fidelity."""
     front = lambda name: [(p[concept_score], p["prompt_fidelity"]) for p in points[name]]  # noqa: E731
-    ours = front("perfusion")
-    return {
-        "perfusion_dominates_ti": all(dominated(p, ours) for p in front("textual_inversion")),
-        "perfusion_dominated_by_lora": all(dominated(p, front("lora_r4")) for p in ours),
-        "perfusion_dominated_by_full_fine_tune": all(dominated(p, front("full_fine_tune")) for p in ours),
-    }
+    out = {}
+    for name in ("perfusion", "perfusion_context"):
+        ours = front(name)
+        out |= {f"{name}_dominates_ti": all(dominated(p, ours) for p in front("textual_inversion")),
+                f"{name}_dominated_by_lora": all(dominated(p, front("lora_r4")) for p in ours),
+                f"{name}_dominated_by_full_fine_tune": all(dominated(p, front("full_fine_tune")) for p in ours)}
+    return out
 
 
 def goals(figures: dict) -> dict[str, bool]:
@@ -572,7 +591,8 @@ def goals(figures: dict) -> dict[str, bool]:
     painted = figures["regions_both_present"]
     out["painted"] = max(v[default] for k, v in painted.items() if k.startswith("perfusion")) >= 0.9
     out["painted_overhead"] = painted["overhead"] <= 1.05
-    out["front_dominates_ti"] = figures["perfusion_dominates_ti"]
+    out["front_dominates_ti_local"] = figures["perfusion_dominates_ti"]
+    out["front_dominates_ti_context"] = figures["perfusion_context_dominates_ti"]
     out["keylock_beats_trained_keys"] = figures["keylock_prompt_gain_same_beta"] > 0
     return out
 
