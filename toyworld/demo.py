@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from perfusion_core import ConceptUse, load_concept, patch_unet
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
 from perfusion_core.knobs import GATE
+from perfusion_core.patch import PatchHandle
 from perfusion_core.train import Trainer, TrainingData, TrainSettings
 from toyworld import model as toymodel
 from toyworld import world
@@ -105,13 +108,21 @@ def pair_prompts(words: tuple[str, str], place_first: bool = False,
     return [world.caption(scene, words, place_first) for scene in scenes]
 
 
-def sample(host: DiffusersHost, uses: list[ConceptUse], prompts: list[str], seeds: list[int]) -> torch.Tensor:
-    """`host.sample` with `uses` applied (their words installed); locked otherwise than locally, the UNet also reads
-    the prompts encoded with the superclass words."""
+@contextmanager
+def patched(host: DiffusersHost, uses: list[ConceptUse], prompts: list[str]) -> Iterator[PatchHandle]:
+    """`uses` applied to the host's UNet for sampling `prompts` (their words installed): locked otherwise than
+    locally, it also reads the prompts encoded with the superclass words; with regions, the noise schedule."""
     with patch_unet(host.unet, uses) as handle:
         if any(use.lock != "local" for use in uses):
             superclasses = {use.concept.word: use.concept.superclass for use in uses}
             handle.set_superclass_context(host.superclass_context(prompts, superclasses))
+        handle.set_noise_schedule(host.scheduler.alphas_cumprod)
+        yield handle
+
+
+def sample(host: DiffusersHost, uses: list[ConceptUse], prompts: list[str], seeds: list[int]) -> torch.Tensor:
+    """`host.sample` of `prompts` with `uses` applied (`patched`)."""
+    with patched(host, uses, prompts):
         return host.sample(prompts, seeds)
 
 

@@ -4,10 +4,9 @@ Each `example_workflows/NAME.jpg` shows what its workflow does, on the demo's tw
 world (a checked heart "hugsy", a striped star "stippy"), each trained for 400 steps:
 - train-one-concept: the training images, then the previews the trainer renders as it goes;
 - apply-with-gate-sweep: one prompt and seed across the gate bias β;
-- two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds), trained with
-  the companion views as well (`demo.COMPANION_VIEWS`);
-- paint-two-concepts: the two concepts trained on their five views alone (regions did better with them than with
-  the companion views in the benchmark), the checked heart painted on the left half and the striped star on the
+- two-concepts-one-image: both concepts, each with its own gate, in one prompt (several seeds), trained
+  context-locked with the companion views as well (`demo.context_data`), as the demo trains them;
+- paint-two-concepts: the same two concepts, the checked heart painted on the left half and the striped star on the
   right (regions at the default weight, one pass), on each background.
 Prompts follow the model's grammar (`toyworld.model.places_first`).
 
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from perfusion_core import Concept, ConceptUse, patch_unet
+from perfusion_core import Concept, ConceptUse
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
 from perfusion_core.train import Trainer
@@ -41,15 +40,15 @@ def save_jpg(images: torch.Tensor, columns: int, path: Path) -> Path:
     return save_image(image_grid(images, columns=columns), path, scale=SCALE)
 
 
-def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0, companions: tuple = ()
+def train(host: DiffusersHost, word: str, work: Path, preview_every: int = 0, context: bool = False
           ) -> tuple[Concept, list[torch.Tensor]]:
-    """One concept trained with the toy world's recipe (on its views, then `companions`); its previews (seed 0)
-    every `preview_every` steps."""
+    """One concept trained with the toy world's recipe (on its views; with `context`, context-locked on its views
+    and the companion views); its previews (seed 0) every `preview_every` steps."""
     concept = world.CONCEPTS[CONCEPTS[word]]
     settings = demo.train_settings(word, concept.superclass, preview_every=preview_every,
-                                   preview_prompts=(PREVIEW,))
-    data = demo.training_data(CONCEPTS[word], companions=companions, place_first=PLACE_FIRST)
-    name = f"{word}.companions" if companions else word
+                                   preview_prompts=(PREVIEW,), lock="context" if context else "local")
+    data = (demo.context_data if context else demo.training_data)(CONCEPTS[word], place_first=PLACE_FIRST)
+    name = f"{word}.context" if context else word
     result = Trainer(host, data, settings, work / f"{name}.safetensors").run()
     return result.concept, [images for _, images in result.previews]
 
@@ -67,29 +66,25 @@ def main() -> None:
         print(save_jpg(torch.cat([training, *previews]), len(training), args.out / "train-one-concept.jpg"))
 
         sweep = []
+        host.install_word("hugsy", hugsy.embeddings)
         for beta in demo.BETAS:
-            with patch_unet(host.unet, [ConceptUse(hugsy, beta)]):
-                sweep.append(host.sample([SWEEP.format("hugsy")], [0], hugsy.embeddings))
+            sweep.append(demo.sample(host, [ConceptUse(hugsy, beta)], [SWEEP.format("hugsy")], [0]))
         print(save_jpg(torch.cat(sweep), len(sweep), args.out / "apply-with-gate-sweep.jpg"))
-        alone = {"hugsy": hugsy, "stippy": train(host, "stippy", Path(work))[0]}
 
-        # separately trained concepts, each also seen beside an ordinary object named first
-        hugsy, _ = train(host, "hugsy", Path(work), companions=demo.COMPANION_VIEWS)
-        stippy, _ = train(host, "stippy", Path(work), companions=demo.COMPANION_VIEWS)
+        # separately trained concepts, context-locked, each also seen beside an ordinary object named first
+        hugsy, _ = train(host, "hugsy", Path(work), context=True)
+        stippy, _ = train(host, "stippy", Path(work), context=True)
         host.install_word("hugsy", hugsy.embeddings)
         host.install_word("stippy", stippy.embeddings)
         layouts = tuple(("left", "right", background) for background in world.BACKGROUNDS for _ in range(2))
         prompts = demo.pair_prompts(demo.PAIR_WORDS, PLACE_FIRST, layouts)
-        with patch_unet(host.unet, [ConceptUse(hugsy), ConceptUse(stippy)]):
-            pair = host.sample(prompts, list(range(len(prompts))))
+        seeds = list(range(len(prompts)))
+        pair = demo.sample(host, [ConceptUse(hugsy), ConceptUse(stippy)], prompts, seeds)
         print(save_jpg(pair, len(pair), args.out / "two-concepts-one-image.jpg"))
 
-        for word, concept in alone.items():
-            host.install_word(word, concept.embeddings)
-        painted = [ConceptUse(alone["hugsy"], region="left"), ConceptUse(alone["stippy"], region="right")]
-        with patch_unet(host.unet, painted) as handle:
-            handle.set_noise_schedule(host.scheduler.alphas_cumprod)
-            pair = host.sample(prompts, list(range(len(prompts))))
+        painted = [ConceptUse(hugsy, region="left"), ConceptUse(stippy, region="right")]
+        with demo.patched(host, painted, prompts):
+            pair = host.sample(prompts, seeds)
         print(save_jpg(pair, len(pair), args.out / "paint-two-concepts.jpg"))
 
 
