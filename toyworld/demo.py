@@ -155,8 +155,8 @@ def main() -> None:
 
     for c in concepts:  # each word reads its own embedding, as a host applies a concept
         host.install_word(c.word, c.embeddings)
-    images = datas[0].images
-    rows = [torch.cat([images, torch.ones(len(BETAS) - len(images), 3, 16, 16)])[: len(BETAS)]]
+    images = datas[0].images[: len(BETAS)]  # the five views (the companion views follow them)
+    rows = [torch.cat([images, torch.ones(len(BETAS) - len(images), 3, 16, 16)])]
     one = [prompt.format(args.word) for prompt in prompts(PAIR[0], place_first)]
     for prompt in one:
         rows.append(torch.cat([sample(host, [ConceptUse(concepts[0], beta)], [prompt], [0]) for beta in BETAS]))
