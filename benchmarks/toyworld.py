@@ -49,7 +49,7 @@ from perfusion_core import (
 from perfusion_core.diffusers_host import DiffusersHost
 from perfusion_core.images import image_grid, save_image
 from perfusion_core.knobs import GATE
-from perfusion_core.patch import LOCKS, PaintedAttention
+from perfusion_core.patch import LOCKS, PaintedAttention, PatchHandle
 from perfusion_core.regions import RegionPainter, named_region
 from perfusion_core.train import Trainer, TrainingData
 from toyworld import demo, world
@@ -249,17 +249,15 @@ def render(host: DiffusersHost, method: Method, knob: float, scenes: list[EvalSc
         host.install_word(method.word, method.embeddings)
     prompts = [s.prompt(method.word) for s in scenes]
     with method.apply(knob) as handle:
-        read_superclass(host, handle, (method,), prompts)
-        return host.sample(prompts, [s.seed for s in scenes])
+        return sampled(host, handle, prompts, [s.seed for s in scenes])
 
 
-def read_superclass(host: DiffusersHost, handle: object, methods: tuple[Method, ...], prompts: list[str]) -> None:
-    """Hand the patch of Perfusion concepts trained with global or context locking (which they apply with) the
-    prompts encoded with their superclass words."""
-    words = {m.word: m.trained.superclass for m in methods
-             if isinstance(m.trained, Concept) and m.trained.trained_lock != "local"}
-    if words:
-        handle.set_superclass_context(host.superclass_context(prompts, words))
+def sampled(host: DiffusersHost, handle: PatchHandle | None, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+    """`host.sample` under the context manager whose value is `handle`: a Perfusion patch is handed what its
+    concepts locked globally or by context read first."""
+    if isinstance(handle, PatchHandle):
+        host.read_superclass(handle, prompts)
+    return host.sample(prompts, seeds)
 
 
 def dominated(point: tuple[float, float], front: list[tuple[float, float]]) -> bool:
@@ -403,7 +401,6 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, ...], scenes: lis
                    gates: JointProjector | None, lock: str = "local") -> torch.Tensor:
     """Samples of scenes naming one concept per object (`methods`, in order), in one pass per layout (the regions
     follow each scene's places); weight 0: no regions."""
-    superclasses = {m.word: m.trained.superclass for m in methods} if lock != "local" else {}
     for method in methods:
         host.install_word(method.word, method.embeddings)
     images = torch.empty(len(scenes), 3, host.unet.config.sample_size, host.unet.config.sample_size)
@@ -413,9 +410,7 @@ def sample_painted(host: DiffusersHost, methods: tuple[Method, ...], scenes: lis
     for places, index in layouts.items():
         prompts = [scenes[k].prompt(*(m.word for m in methods)) for k in index]
         with painted(host, methods, places, weight, gates, lock) as handle:
-            if superclasses:
-                handle.set_superclass_context(host.superclass_context(prompts, superclasses))
-            images[index] = host.sample(prompts, [scenes[k].seed for k in index])
+            images[index] = sampled(host, handle, prompts, [scenes[k].seed for k in index])
     return images
 
 
@@ -558,8 +553,7 @@ def two_concepts(host: DiffusersHost, scorer: Scorer, pairs: list[tuple[Method, 
         host.install_word(b.word, b.embeddings)
         prompts = [s.prompt(a.word, b.word) for s in scenes]
         with context as handle:
-            read_superclass(host, handle, (a, b), prompts)
-            images = host.sample(prompts, [s.seed for s in scenes])
+            images = sampled(host, handle, prompts, [s.seed for s in scenes])
         rates[a.name] = scorer.both_present(images, scenes, (first, second))
         if a.name == "perfusion":
             shown = images[:: len(PAIR_SEEDS)]

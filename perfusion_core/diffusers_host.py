@@ -16,6 +16,7 @@ from .captions import load_captions
 from .errors import PerfusionError, TrainingError
 from .layers import cross_attention_layers, encoded_layer, model_family
 from .objective import DiffusionObjective
+from .patch import PatchHandle, superclass_words
 from .precision import resolve_device, resolve_precision
 from .second_moment import Progress, SecondMoment, host_second_moment
 from .train import Conditioning
@@ -221,10 +222,18 @@ class DiffusersHost:
 
     @torch.no_grad()
     def superclass_context(self, prompts: list[str], superclasses: Mapping[str, str]) -> Tensor:
-        """What globally locked concepts' K reads in `sample(prompts, ...)` (`PatchHandle.set_superclass_context`): its
-        guided batch, empty prompts then `prompts`, encoded with each concept word replaced by its superclass word."""
+        """What globally or context-locked concepts read in `sample(prompts, ...)`
+        (`PatchHandle.set_superclass_context`): its guided batch, empty prompts then `prompts`, encoded with each
+        concept word replaced by its superclass word."""
         empty = self.encode([""] * len(prompts), None).context
         return torch.cat([empty, self.encode([to_superclass(p, superclasses) for p in prompts], None).context])
+
+    def read_superclass(self, handle: PatchHandle, prompts: list[str]) -> None:
+        """Hand `handle` (from `patch_unet`) the `superclass_context` of `prompts` where one of its concepts is locked
+        otherwise than locally, before `sample(prompts, ...)`."""
+        words = superclass_words(handle.uses)
+        if words:
+            handle.set_superclass_context(self.superclass_context(prompts, words))
 
     @torch.no_grad()
     def sample(self, prompts: list[str], seeds: list[int], embeddings: list[Tensor] | None = None,

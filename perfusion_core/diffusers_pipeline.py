@@ -24,7 +24,7 @@ from .files import load_concept
 from .global_lock import SuperclassTwins
 from .knobs import GATE
 from .layers import check_concept, check_embedding_widths, cross_attention_layers, encoded_layer, model_family
-from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet
+from .patch import ConceptUse, PatchHandle, check_combinable, patch_unet, superclass_words
 from .words import in_vocabulary, to_superclass
 from .wrapping import MethodWrap
 
@@ -100,7 +100,7 @@ class _PipelineConcepts:
         self.handle = patch_unet(self.pipe.unet, uses)
         if any(use.region is not None for use in uses):
             self.handle.set_noise_schedule(self._noise_schedule())
-        locks_globally = any(use.lock != "local" for use in uses)
+        locks_globally = bool(superclass_words(uses))
         if locks_globally and self._unet_hook is None:
             self._unet_hook = self.pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
         elif not locks_globally and self._unet_hook is not None:
@@ -167,7 +167,7 @@ class _PipelineConcepts:
                 return encode(*args, **kwargs)
             self._check_clip_skip(call.arguments.get("clip_skip"))
             encoded = encode(*args, **kwargs)
-            words = {u.concept.word: u.concept.superclass for u in self.uses.values() if u.lock != "local"}
+            words = superclass_words(self.uses.values())
             if words:
                 call.arguments.update({k: [to_superclass(p, words) for p in v] if isinstance(v, list)
                                        else to_superclass(v, words) for k, v in prompts.items()})

@@ -300,6 +300,7 @@ class PatchHandle:
     unet: nn.Module
     layers: list[CrossAttentionLayer]
     patches: dict[str, LayerPatch]
+    uses: list[ConceptUse] = field(default_factory=list)  # what `patch_unet` installed
     superclass_context: Tensor | None = None
     _hooks: list = field(default_factory=list)
     _pending: dict[int, list[tuple[GatedProjection, Tensor] | None]] = field(default_factory=dict)
@@ -395,5 +396,13 @@ def patch_unet(unet: nn.Module, concepts: Iterable[UseLike]) -> PatchHandle:
     `concepts` holds `ConceptUse`s or `(concept, beta, tau[, strength[, lock]])` tuples. Patching an
     already patched UNet replaces the earlier patch. Returns a handle; `handle.remove()` restores it.
     """
-    layers = cross_attention_layers(unet)
-    return install_patch(unet, layers, build_patch(layers, concepts))
+    layers, uses = cross_attention_layers(unet), as_uses(concepts)
+    handle = install_patch(unet, layers, build_patch(layers, uses))
+    handle.uses = uses
+    return handle
+
+
+def superclass_words(uses: Iterable[ConceptUse]) -> dict[str, str]:
+    """The word of each concept locked otherwise than locally, mapped to its superclass word: what the prompt read
+    with the superclass words (`PatchHandle.set_superclass_context`) replaces."""
+    return {u.concept.word: u.concept.superclass for u in uses if u.lock != "local"}

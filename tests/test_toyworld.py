@@ -85,6 +85,20 @@ def test_stage_4_names_places_first_in_half_of_the_captions_and_keeps_earlier_st
     assert world.caption(scenes[0], place_first=True).startswith(world.PLACES[scenes[0].objects[0].position] + " a ")
 
 
+def test_placeless_captions_leave_out_every_place_and_keep_the_rest():
+    options = {"stage": 4, "colourless": 0.25, "place_first": 1.0}
+    images, captions, scenes = world.batch(0, 0, 400, **options)
+    assert world.batch(0, 0, 400, **options, placeless=0.0)[1] == captions  # the option off: the earlier stream
+    placeless_images, placeless, placeless_scenes = world.batch(0, 0, 400, **options, placeless=0.3)
+    assert np.array_equal(images, placeless_images) and scenes == placeless_scenes
+    unsaid = [not any(place in c for place in world.PLACES.values()) for c in placeless]
+    assert 0.2 < np.mean(unsaid) < 0.4
+    for full, short, none in zip(captions, placeless, unsaid, strict=True):
+        for place in world.PLACES.values():
+            full = full.replace(f"{place} ", "") if none else full
+        assert short == full
+
+
 def test_pseudo_words_name_fixed_looks_first_or_second_and_keep_the_other_draws():
     lexicon = world.pseudo_lexicon()
     assert len(lexicon) == world.PSEUDO_WORDS == len({(o.shape, o.colour, o.pattern, o.colour2)

@@ -113,9 +113,7 @@ def patched(host: DiffusersHost, uses: list[ConceptUse], prompts: list[str]) -> 
     """`uses` applied to the host's UNet for sampling `prompts` (their words installed): locked otherwise than
     locally, it also reads the prompts encoded with the superclass words; with regions, the noise schedule."""
     with patch_unet(host.unet, uses) as handle:
-        if any(use.lock != "local" for use in uses):
-            superclasses = {use.concept.word: use.concept.superclass for use in uses}
-            handle.set_superclass_context(host.superclass_context(prompts, superclasses))
+        host.read_superclass(handle, prompts)
         handle.set_noise_schedule(host.scheduler.alphas_cumprod)
         yield handle
 

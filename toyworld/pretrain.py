@@ -39,7 +39,7 @@ from toyworld.sample import generate
 RUN_KEYS = (
     "seed", "res", "stage", "batch", "lr", "warmup", "weight_decay", "ema", "caption_dropout", "t_power", "t_uniform",
     "snr_weight", "gamma", "zero_snr", "freeze_text", "few_positions_until", "channels",
-    "text_attention_scale", "colourless", "init_from", "pseudo", "place_first",
+    "text_attention_scale", "colourless", "init_from", "pseudo", "place_first", "placeless",
 )
 FEW_POSITIONS = ("left", "right")
 
@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--place-first", type=float, default=None,
                     help=f"share of captions naming each object's place before it (stage 4 on; default "
                          f"{world.PLACE_FIRST})")
+    ap.add_argument("--placeless", type=float, default=0.0,
+                    help="share of captions saying no place (the sampler, or a painted region, places the objects)")
     ap.add_argument("--t-power", type=float, default=0.5, help="t = 999 u^p; p < 1 favours high noise")
     ap.add_argument("--t-uniform", type=float, default=0.3, help="fraction of timesteps drawn uniformly instead")
     ap.add_argument("--snr-weight", choices=("minsnr", "minsnr1", "none"), default="minsnr1",
@@ -179,7 +181,7 @@ class Run:
         cfg = self.cfg
         positions = FEW_POSITIONS if step < cfg["few_positions_until"] else None
         return (cfg["seed"], step, cfg["batch"], cfg["stage"], cfg["res"], positions, cfg.get("colourless", 0.0), True,
-                cfg.get("pseudo", 0.0), cfg.get("place_first"))
+                cfg.get("pseudo", 0.0), cfg.get("place_first"), cfg.get("placeless", 0.0))
 
     def train_step(self) -> float:
         cfg, m = self.cfg, self.model

@@ -112,23 +112,27 @@ class Scene:
         return out
 
 
-def describe(obj: Obj, word: str | None = None, place_first: bool = False) -> str:
-    """Noun phrase for one object, its place after it or, with `place_first`, before it; `word` replaces colour
-    and shape (a concept word)."""
+def describe(obj: Obj, word: str | None = None, place_first: bool = False, placed: bool = True) -> str:
+    """Noun phrase for one object, its place after it or, with `place_first`, before it (or, not `placed`, unsaid);
+    `word` replaces colour and shape (a concept word)."""
     place = PLACES[obj.position]
     if word is not None:
         noun = f"a {word}"
     else:
         texture = "" if obj.pattern == "plain" else f" with {obj.colour2} {obj.pattern}"
         noun = f"a {obj.colour} {obj.shape}{texture}"
+    if not placed:
+        return noun
     return f"{place} {noun}" if place_first else f"{noun} {place}"
 
 
-def caption(scene: Scene, words: tuple[str | None, ...] | None = None, place_first: bool = False) -> str:
+def caption(scene: Scene, words: tuple[str | None, ...] | None = None, place_first: bool = False,
+            placed: bool = True) -> str:
     """The caption that says all of the scene; `words[i]` optionally names object i by a concept word; with
-    `place_first` each object's place comes before it ("on the left a red heart ...")."""
+    `place_first` each object's place comes before it ("on the left a red heart ..."); not `placed`, no place is
+    said ("a red heart and a blue star on a white background")."""
     words = words or (None,) * len(scene.objects)
-    parts = [describe(o, w, place_first) for o, w in zip(scene.objects, words, strict=True)]
+    parts = [describe(o, w, place_first, placed) for o, w in zip(scene.objects, words, strict=True)]
     return " and ".join(parts) + f" on a {scene.background} background"
 
 
@@ -273,13 +277,15 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 def batch(
     seed: int, index: int, size: int, stage: int = 1, res: int = 16, positions: tuple[str, ...] | None = None,
     colourless: float = 0.0, held_out: bool = True, pseudo: float = 0.0, place_first: float | None = None,
+    placeless: float = 0.0,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Batch `index` of stream `seed`: images (size x 3 x res x res, in [-1, 1]), captions, scenes.
 
     With `colourless` > 0, each object's colour is left out of the caption with that probability ("a heart on
     the left ..."), so that a shape word alone means the shape in any colour, as a superclass word does; a
     textured object's texture goes with its colours. From stage 4 on, a share `place_first` of the captions (default
-    `PLACE_FIRST`) name places first.
+    `PLACE_FIRST`) name places first. With `placeless` > 0, a caption says no place with that probability, so that
+    where an object goes is the sampler's draw (and a region's, when painted).
     With `pseudo` > 0, each object takes, with that probability, the look of a random pseudo-word, which names it
     (drawn from a stream of their own, so that the scenes' other draws stay those of runs without the option).
     `held_out` as in `random_scene`.
@@ -298,7 +304,8 @@ def batch(
     # drawn after the words, so that the streams of earlier stages stay as they were
     share = PLACE_FIRST if place_first is None else place_first
     first = [stage >= 4 and rng.random() < share for _ in scenes]
-    captions = [caption(s, w, p) for s, w, p in zip(scenes, words, first, strict=True)]
+    placed = [not placeless or rng.random() >= placeless for _ in scenes]
+    captions = [caption(s, w, p, q) for s, w, p, q in zip(scenes, words, first, placed, strict=True)]
     return images.astype(np.float32), captions, list(scenes)
 
 
