@@ -58,7 +58,7 @@ WIDGETS = {
     APPLY: ["beta", "tau", "strength", "lock", "region_weight"],
     SWEEP: ["betas", "tau", "strength", "lock"],
     TRAIN: ["word", "superclass", "name", "steps", "lr_target", "lr_embedding", "batch_size", "seed", "beta", "tau",
-            "preview_every", "save_every", "resume", "caption_count", "gradient_checkpointing", "training"],
+            "preview_every", "save_every", "resume", "caption_count", "gradient_checkpointing", "lock", "training"],
     IMAGES: ["folder", "resolution"],
 }
 DOM_WIDGETS = {LOADER: ("concept_info", "perfusion_info"), TRAIN: ("training", "perfusion_train")}
@@ -280,7 +280,7 @@ def test_nodes_in_the_library_on_the_canvas_with_their_widgets(server, page, art
         assert [w["name"] for w in node["widgets"]] == expected, (node_type, node["widgets"])
     values = {t: {w["name"]: w["value"] for w in n["widgets"]} for t, n in nodes.items()}
     assert values[LOADER]["concept_name"] == "hugsy.safetensors"
-    assert values[APPLY] == {"lock": "local"} | {name: knob.default for name, knob in GATE.items()}
+    assert values[APPLY] == {"lock": "trained"} | {name: knob.default for name, knob in GATE.items()}
     assert values[TRAIN]["word"] == "hugsy" and values[TRAIN]["steps"] == 400 and values[TRAIN]["beta"] == 0.75
     for node_type, (name, kind) in DOM_WIDGETS.items():
         assert any(w["name"] == name and w["type"] == kind for w in nodes[node_type]["widgets"]), nodes[node_type]
