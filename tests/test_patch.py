@@ -13,6 +13,7 @@ from perfusion_core import (
     patch_unet,
 )
 from perfusion_core.layers import check_text_encoder_layer
+from perfusion_core.patch import superclass_words
 from perfusion_core.rank1 import gate
 
 from .conftest import SD1_ATTN2, random_concept, tiny_unet, unet_inputs
@@ -131,6 +132,16 @@ def test_global_lock_reads_the_superclass_prompt(sd1_unet, sd1_layers):
             layer.to_k(e)
         handle.set_superclass_context(e_super)
         assert torch.equal(layer.to_k(e), layer.to_k.forward(e_super))
+
+
+def test_the_handle_names_the_words_whose_superclass_prompt_it_reads(sd1_unet, sd1_layers):
+    local = random_concept(sd1_layers, "hugsy", seed=0)
+    context = random_concept(sd1_layers, "wugsy", seed=1)
+    with patch_unet(sd1_unet, [ConceptUse(context, lock="context"), ConceptUse(local, lock="local")]) as handle:
+        assert [u.concept.word for u in handle.uses] == ["hugsy", "wugsy"]
+        assert superclass_words(handle.uses) == {"wugsy": context.superclass}
+    with patch_unet(sd1_unet, [local]) as handle:
+        assert superclass_words(handle.uses) == {}
 
 
 def test_context_lock_reads_the_superclass_prompt_on_both_sides(sd1_unet, sd1_layers):
