@@ -28,6 +28,7 @@ from perfusion_core import (
     patch_unet,
 )
 from perfusion_core.layers import check_text_encoder_layer
+from perfusion_core.patch import superclass_words
 
 from . import backend
 from .forge import PATCHES_ATTRIBUTE
@@ -115,7 +116,7 @@ class PerfusionNetwork(extra_networks.ExtraNetwork):
         except PerfusionError as error:
             self.fail(sd_model, error)
             return
-        global_words = {r.concept.word: r.concept.superclass for r in resolved if r.use.lock != "local"}
+        global_words = superclass_words(uses)
         if global_words:
             self.global_lock.install(sd_model, unet, self.handle, global_words, backend.key_context(sd_model))
 
