@@ -79,6 +79,11 @@ REGION_WEIGHTS = (0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
 REGION_ROWS = {"perfusion": ("perfusion", "local"), "perfusion_global": ("perfusion", "global"),
                "perfusion_context": ("perfusion_context", "context"),
                "textual_inversion": ("textual_inversion", "local")}
+# the painted row of the pair `compositions` measures per lock: local and global keys on the five views, context-locked
+# with the companion views (`context_trained`)
+PAINTED_PAIRS = {"local": ("regions_both_present", "perfusion"),
+                 "global": ("regions_both_present", "perfusion_global"),
+                 "context": ("regions_both_present_companion_training", "perfusion_context")}
 
 
 @dataclass(frozen=True)
@@ -575,16 +580,16 @@ def dominance(points: dict[str, list[dict]], concept_score: str) -> dict[str, bo
 
 def goals(figures: dict) -> dict[str, bool]:
     """The composition goals, each met or not: the drawable pair unpainted (per lock: efficiency ≥ 0.9, both present
-    ≥ 0.8, prompt fidelity ≥ 0.9 in both naming orders), painted at the default weight (both present ≥ 0.9, the
-    painted pass ≤ 1.05× the unpainted one), and nothing lost on one concept."""
+    ≥ 0.8, prompt fidelity ≥ 0.9 in both naming orders), the same pair painted at the default weight (per lock: both
+    present ≥ 0.9; the painted pass ≤ 1.05× the unpainted one), and nothing lost on one concept."""
     pair = figures["composition"][" + ".join(FRONT_CONCEPTS)]
     default = f"{GATE['region_weight'].default:g}"
     out = {f"unpainted_{lock}": all(r["efficiency"] is not None and r["efficiency"] >= 0.9 and r["both_present"] >= 0.8
                                     and r["prompt_fidelity"] >= 0.9 for r in orders.values())
            for lock, orders in pair.items()}
-    painted = figures["regions_both_present"]
-    out["painted"] = max(v[default] for k, v in painted.items() if k.startswith("perfusion")) >= 0.9
-    out["painted_overhead"] = painted["overhead"] <= 1.05
+    for lock, (row, name) in PAINTED_PAIRS.items():
+        out[f"painted_{lock}"] = figures[row][name][default] >= 0.9
+    out["painted_overhead"] = figures["regions_both_present"]["overhead"] <= 1.05
     out["front_dominates_ti_local"] = figures["perfusion_dominates_ti"]
     out["front_dominates_ti_context"] = figures["perfusion_context_dominates_ti"]
     out["keylock_beats_trained_keys"] = figures["keylock_prompt_gain_same_beta"] > 0

@@ -72,8 +72,8 @@ class ApplyPerfusion(io.ComfyNode):
                 *gate_inputs(),
                 io.Mask.Input("region", optional=True,
                               tooltip="Where the concept goes (white = here), at the image's aspect ratio: its "
-                                      "word's attention is drawn into the region in the same sampling pass. Give "
-                                      "each concept its own mask for several concepts side by side."),
+                                      "word is kept out of attention everywhere else in the same sampling pass. "
+                                      "Give each concept its own mask for several concepts side by side."),
                 number_input(GATE["region_weight"]),
             ],
             outputs=[

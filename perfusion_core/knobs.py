@@ -49,10 +49,10 @@ GATE = _table(
          "of the prompt (useful 0.6–0.75)."),
     Knob("tau", 0.15, 0.01, 1.0, 0.01, "Gate temperature τ: how sharply the gate switches on around β."),
     Knob("strength", 1.0, 0.0, 2.0, 0.05, "Scales the whole edit; 1 is the exact Perfusion formula."),
-    # the default w: two toy-world concepts painted on image halves came out best near it (benchmarks/toyworld.py)
+    # two toy-world concepts painted on image halves keep every sample from w 0.1 to 2 (benchmarks/toyworld.py)
     Knob("region_weight", 0.75, 0.0, 5.0, 0.01,
-         "How strongly a region draws the concept's attention (eDiffi's w, scaled with the noise level). Used only "
-         "with a region."),
+         "How strongly the concept is kept out of the image outside its region (scaled with the noise level); inside "
+         "it the model attends as usual. Used only with a region."),
 )
 
 RECIPE = _table(

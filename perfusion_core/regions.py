@@ -1,16 +1,19 @@
 """Paint with concepts: a region per concept, applied inside cross-attention in one sampling pass.
 
-eDiffi's "paint with words" (Balaji et al. 2022) for personalised concepts. Each concept with a region
-mask `m_c` (1 where it should appear) adds to the attention scores of image position `x` and text token
-`j` the bias
+Each concept with a region mask `m_c` (1 where it may appear) is kept out of the rest of the image: the attention
+score of image position `x` and text token `j` gets the bias
 
-    w_c · log(1 + σ) · max(scores) · m_c(x) · g_c(e_j)
+    −w_c · log(1 + σ) · max(scores) · (1 − m_c(x)) · g_c(e_j)
 
 where `g_c(e_j)` is the concept's gate on token `j` (the same gate that decides how much of its edit the
 token receives, so the bias lands on the concept's word however the host tokenised the prompt), `σ` the
 noise level of the step (capped at SIGMA_CAP: zero-terminal-SNR schedules start at infinity) and
-`max(scores)` the largest score of the layer's call, per image and head. Masks are resized to each layer's
-grid. The bias is exactly zero outside every region, and a patch without regions never calls this module.
+`max(scores)` the largest score of the layer's call, per image and head. This is eDiffi's "paint with words"
+scale (Balaji et al. 2022) with the bias moved from inside the region to outside it: inside, the concept's
+attention is the model's own, so a region never draws more attention to a concept than it was trained with
+(eDiffi's positive bias, over regions that cover the image, pulls every position's attention onto the concept
+words and loses backgrounds and looks). Masks are resized to each layer's grid. Inside every region the bias is
+exactly zero, and a patch without regions never calls this module.
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ def noise_scale(sigma: Tensor) -> Tensor:
 
 def painted_scores(q: Tensor, k: Tensor, paint: Tensor, sigma: Tensor) -> Tensor:
     """The biased attention scores `s + log(1 + σ) · max(s) · paint`, `s = q kᵀ / √d`, float32, for q (batch, heads,
-    queries, d), k (batch, heads, tokens, d), `paint` (batch, queries, tokens) and noise levels `sigma` (batch,);
-    `max(s)` per image and head. Explicit, as eDiffi's scale needs the scores' max; biased in place."""
+    queries, d), k (batch, heads, tokens, d), `paint` (batch, queries, tokens; ≤ 0 where a concept is kept out) and
+    noise levels `sigma` (batch,); `max(s)` per image and head. Explicit, as the scale needs the scores' max; biased
+    in place."""
     scores = q.float() @ k.float().transpose(-1, -2)
     scores.mul_(1 / math.sqrt(q.shape[-1]))
     scale = scores.detach().amax(dim=(-2, -1), keepdim=True).clamp_(min=0)
@@ -122,27 +126,27 @@ class RegionPainter:
         self.index = [j for j, r in enumerate(regions) if r is not None]
         self.masks = [regions[j] for j in self.index]
         self.weights = torch.tensor([float(weights[j]) for j in self.index])
-        self._on_grid: dict[tuple[int, int], Tensor] = {}
+        self._kept_out: dict[tuple[int, int], Tensor] = {}
         self._context: Tensor | None = None  # the last context painted, and its paint per grid
         self._painted: dict[tuple[int, int], Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.index)
 
-    def masks_on(self, grid: tuple[int, int]) -> Tensor:
-        """Every region on `grid`, times its weight: (positions, regions)."""
-        if grid not in self._on_grid:
-            self._on_grid[grid] = torch.stack([resize(m, grid) for m in self.masks], dim=1) * self.weights
-        return self._on_grid[grid]
+    def kept_out(self, grid: tuple[int, int]) -> Tensor:
+        """Where each concept is kept out on `grid` (1 − its region), times minus its weight: (positions, regions)."""
+        if grid not in self._kept_out:
+            self._kept_out[grid] = (torch.stack([resize(m, grid) for m in self.masks], dim=1) - 1) * self.weights
+        return self._kept_out[grid]
 
     def paint(self, context: Tensor, grid: tuple[int, int]) -> Tensor:
-        """`Σ_c w_c m_c(x) g_c(e_j)`: (batch, positions, tokens) for `context` (batch, tokens, width). Every layer of
-        a UNet call reads the same context, so the paints of the last one are kept, per grid."""
+        """`−Σ_c w_c (1 − m_c(x)) g_c(e_j)`: (batch, positions, tokens) for `context` (batch, tokens, width). Every
+        layer of a UNet call reads the same context, so the paints of the last one are kept, per grid."""
         if context is not self._context:
             self._context, self._painted = context, {}
         if grid not in self._painted:
             gates = self.projector.gates(context)[..., self.index]
-            self._painted[grid] = torch.einsum("qn,bkn->bqk", self.masks_on(grid).to(gates.device), gates)
+            self._painted[grid] = torch.einsum("qn,bkn->bqk", self.kept_out(grid).to(gates.device), gates)
         return self._painted[grid]
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int, context: Tensor, input_size: tuple[int, int],

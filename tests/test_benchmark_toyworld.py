@@ -12,6 +12,7 @@ from benchmarks.toyworld import (
     dominated,
     eval_scenes,
     gain_at_equal_fidelity,
+    goals,
     pair_scenes,
     plot_fronts,
 )
@@ -68,3 +69,19 @@ def test_front_comparisons(tmp_path):
               "textual_inversion": [{"concept_fidelity": 0.6, "prompt_fidelity": 0.9}]}
     plot_fronts(points, tmp_path / "front.png")
     assert (tmp_path / "front.png").stat().st_size > 1000
+
+
+def test_each_lock_is_judged_painted_on_the_pair_it_is_judged_on_unpainted():
+    order = {"efficiency": 1.0, "both_present": 1.0, "prompt_fidelity": 1.0}
+    pair = {lock: {"first": order, "second": {**order, "both_present": 0.5}} for lock in ("local", "global")}
+    five_views = {"perfusion": {"0.75": 0.95}, "perfusion_global": {"0.75": 0.2}, "perfusion_context": {"0.75": 0.0},
+                  "overhead": 1.01}
+    figures = {"composition": {" + ".join(FRONT_CONCEPTS): {**pair, "context": {"first": order, "second": order}}},
+               "regions_both_present": five_views,
+               "regions_both_present_companion_training": {"perfusion_context": {"0.75": 0.9}, "overhead": 2.0},
+               "perfusion_dominates_ti": False, "perfusion_context_dominates_ti": True,
+               "keylock_prompt_gain_same_beta": -0.01}
+    assert goals(figures) == {"unpainted_local": False, "unpainted_global": False, "unpainted_context": True,
+                              "painted_local": True, "painted_global": False, "painted_context": True,
+                              "painted_overhead": True, "front_dominates_ti_local": False,
+                              "front_dominates_ti_context": True, "keylock_beats_trained_keys": False}

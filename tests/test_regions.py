@@ -53,26 +53,26 @@ def test_named_regions_are_halves_the_centre_and_quarters():
         ConceptUse(random_concept(cross_attention_layers(tiny_unet())), region="middle")
 
 
-def test_bias_is_zero_outside_the_region_and_follows_the_concepts_gate(sd1_layers):
+def test_bias_is_zero_inside_the_region_and_keeps_the_concepts_gate_out_of_the_rest(sd1_layers):
     painter, concept = _painter(sd1_layers)
     context = torch.randn(2, 6, 768)
     context[:, 3] = concept.i_star  # the concept's word
     paint = painter.paint(context, (4, 4))
     inside, outside = paint.view(2, 4, 4, 6)[:, :, :2], paint.view(2, 4, 4, 6)[:, :, 2:]
-    assert torch.equal(outside, torch.zeros_like(outside))
+    assert torch.equal(inside, torch.zeros_like(inside))
     open_gate = gate(torch.tensor(1.0), 0.7, 0.15)  # the word itself has similarity 1
-    assert torch.allclose(inside[..., 3], open_gate.expand_as(inside[..., 3]), atol=1e-4)
-    assert inside[..., [0, 1, 2, 4, 5]].max() < 0.5
+    assert torch.allclose(outside[..., 3], -open_gate.expand_as(outside[..., 3]), atol=1e-4)
+    assert outside[..., [0, 1, 2, 4, 5]].min() > -0.5
     q, k = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 6, 8)
     scores = q @ k.transpose(-1, -2) / 8**0.5
     bias = painted_scores(q, k, paint, torch.tensor([1.0, 1e9])) - scores
-    assert bias.view(2, 4, 4, 4, 6)[:, :, :, 2:].abs().max() < 1e-6
+    assert bias.view(2, 4, 4, 4, 6)[:, :, :, :2].abs().max() < 1e-6
     top = scores.amax(dim=(-2, -1))
-    expected = top * torch.log1p(torch.tensor([1.0, SIGMA_CAP]))[:, None] * open_gate
-    assert torch.allclose(bias[:, :, 0, 3], expected, atol=1e-4)
+    expected = -top * torch.log1p(torch.tensor([1.0, SIGMA_CAP]))[:, None] * open_gate
+    assert torch.allclose(bias[:, :, 2, 3], expected, atol=1e-4)  # position 2: row 0, column 2, outside
 
 
-def test_the_concepts_attention_inside_the_region_rises_with_the_weight(sd1_layers):
+def test_the_concepts_attention_outside_the_region_falls_with_the_weight_and_inside_is_the_models(sd1_layers):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, n, 32, generator=g) for n in (16, 6, 6))
     context = torch.randn(1, 6, 768, generator=g)
@@ -84,11 +84,11 @@ def test_the_concepts_attention_inside_the_region_rises_with_the_weight(sd1_laye
         q_heads, k_heads = q.view(1, 16, 4, 8).transpose(1, 2), k.view(1, 6, 4, 8).transpose(1, 2)
         scores = q_heads @ k_heads.transpose(-1, -2) / 8**0.5
         attention = painted_scores(q_heads, k_heads, paint, torch.tensor([3.0])).softmax(-1)
-        masses.append(float(attention.view(1, 4, 4, 4, 6)[:, :, :, :2, 3].mean()))
-        outside = attention.view(1, 4, 4, 4, 6)[:, :, :, 2:]
-        assert torch.allclose(outside, scores.softmax(-1).view(1, 4, 4, 4, 6)[:, :, :, 2:])
-    assert all(b > a for a, b in zip(masses, masses[1:], strict=False)), masses
-    assert masses[-1] > 2 * masses[0]
+        masses.append(float(attention.view(1, 4, 4, 4, 6)[:, :, :, 2:, 3].mean()))
+        inside = attention.view(1, 4, 4, 4, 6)[:, :, :, :2]
+        assert torch.allclose(inside, scores.softmax(-1).view(1, 4, 4, 4, 6)[:, :, :, :2])
+    assert all(b < a for a, b in zip(masses, masses[1:], strict=False)), masses
+    assert masses[-1] < 0.1 * masses[0]
 
 
 def test_painted_attention_without_paint_is_attention():
@@ -111,14 +111,14 @@ def test_a_patch_without_regions_leaves_attention_alone_and_regions_unpatch_exac
         plain = unet(**inputs).sample
         assert not any("forward" in layer.module.__dict__ for layer in layers) and handle._painted is None
     schedule = torch.linspace(0.999, 0.001, 1000)
-    region = torch.zeros(64, 64)
+    region = torch.ones(64, 64)
     with patch_unet(unet, [ConceptUse(concept, region=region)]) as handle:
         with pytest.raises(PerfusionError, match="noise schedule"):
             unet(**inputs)
         handle.set_noise_schedule(schedule)
-        empty = unet(**inputs).sample  # a region nowhere: no bias, the same attention computed explicitly
-    assert torch.allclose(empty, plain, atol=1e-4)
-    region[:, :32] = 1
+        everywhere = unet(**inputs).sample  # a region everywhere: no bias, the same attention computed explicitly
+    assert torch.allclose(everywhere, plain, atol=1e-4)
+    region[:, 32:] = 0
     with patch_unet(unet, [ConceptUse(concept, region=region, region_weight=2.0)]) as handle:
         handle.set_noise_schedule(schedule)
         painted = unet(**inputs).sample
@@ -142,5 +142,5 @@ def test_the_paint_follows_the_context_it_is_given(sd1_layers):
     on_first = painter.paint(first, (4, 4))
     assert painter.paint(first, (4, 4)) is on_first  # every layer of a call reads the same context
     on_second = painter.paint(second, (4, 4))
-    assert on_second[0, 0].argmax() == 4 and on_first[0, 0].argmax() == 1
+    assert on_second[0, 3].argmin() == 4 and on_first[0, 3].argmin() == 1  # position 3: outside the region
     assert painter.paint(first, (2, 2)).shape == (1, 4, 6)
