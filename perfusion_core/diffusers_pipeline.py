@@ -227,7 +227,8 @@ def load_perfusion(pipe, path_or_concept: str | os.PathLike | Concept, beta: flo
     prompt encoded with the superclass word in place of the trigger word, `lock="context"` K and V (the concept then
     lives only in its own token's value: what composes two concepts in one prompt); None, the lock the concept was
     trained with. `region`, an (H, W) mask in [0, 1] of the
-    image (any resolution), paints where the concept goes, with strength `region_weight` (`perfusion_core.regions`).
+    image (any resolution), is where the concept goes: it is kept out of the rest of the image, with strength
+    `region_weight` (`perfusion_core.regions`).
     A concept that does not fit the pipeline (family, widths, text-encoder layer) raises `IncompatibleConceptError`
     and changes nothing. Returns the concept.
     """
