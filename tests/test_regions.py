@@ -144,3 +144,24 @@ def test_the_paint_follows_the_context_it_is_given(sd1_layers):
     on_second = painter.paint(second, (4, 4))
     assert on_second[0, 3].argmin() == 4 and on_first[0, 3].argmin() == 1  # position 3: outside the region
     assert painter.paint(first, (2, 2)).shape == (1, 4, 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_painted_attention_in_half_precision_is_finite_and_close_to_float32(dtype):
+    """Regions on a bf16 or fp16 UNet, at the largest weight: the biased scores are float32 whatever its dtype."""
+    unet = tiny_unet()
+    concept = random_concept(cross_attention_layers(unet))
+    inputs = unet_inputs(unet)
+    inputs["encoder_hidden_states"][:, 3] = concept.i_star
+    region = torch.zeros(64, 64)
+    region[:, :32] = 1
+    outputs = []
+    for model_dtype in (torch.float32, dtype):
+        unet.to(model_dtype)
+        cast = {k: v.to(model_dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
+        with patch_unet(unet, [ConceptUse(concept, region=region, region_weight=5.0)]) as handle:
+            handle.set_noise_schedule(torch.linspace(0.999, 0.001, 1000))
+            outputs.append(unet(**cast).sample.float())
+    full, half = outputs
+    assert torch.isfinite(half).all()
+    assert (half - full).abs().max() < 0.05 * full.abs().max()
